@@ -1,0 +1,189 @@
+/**
+ * The hsmint client for Node services (`hsmint/client`): mint, verify and fetch the JWKS over
+ * the daemon's Unix socket, with keep-alive, and a token source that renews ahead of expiry.
+ */
+import { Agent, request as httpRequest } from 'node:http';
+import { HsmintError, isErrorCode } from '../errors.js';
+import type { VerifyResult } from '../jwt/verify.js';
+import type { HealthResponse, JwksResponse, MintResponse } from '../protocol.js';
+
+export { HsmintError } from '../errors.js';
+export type { ErrorCode, VerifyErrorCode } from '../errors.js';
+export type { HealthResponse, JwksResponse, MintResponse } from '../protocol.js';
+export type { VerifyResult } from '../jwt/verify.js';
+
+export const DEFAULT_SOCKET_PATH = '/run/hsmint/hsmint.sock';
+
+export interface MintParams {
+  aud: string | string[];
+  sub?: string;
+  /** A duration (`5m`) or whole seconds. */
+  ttl?: string | number;
+  scope?: string[];
+  claims?: Record<string, unknown>;
+}
+
+export interface ClientOptions {
+  /** Defaults to $HSMINT_SOCKET, then /run/hsmint/hsmint.sock. */
+  socketPath?: string;
+  /** Per request; the daemon answers a mint in milliseconds unless the token is slow. */
+  timeoutMs?: number;
+}
+
+const MAX_RESPONSE_BYTES = 1024 * 1024;
+
+export function defaultSocketPath(): string {
+  return process.env['HSMINT_SOCKET'] || DEFAULT_SOCKET_PATH;
+}
+
+export class HsmintClient {
+  readonly socketPath: string;
+  private readonly agent: Agent;
+  private readonly timeoutMs: number;
+
+  constructor(options: ClientOptions = {}) {
+    this.socketPath = options.socketPath ?? defaultSocketPath();
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.agent = new Agent({ keepAlive: true, maxSockets: 64 });
+  }
+
+  mint(params: MintParams): Promise<MintResponse> {
+    return this.call<MintResponse>('POST', '/v1/tokens', params, [201]);
+  }
+
+  verify(token: string, options: { aud?: string } = {}): Promise<VerifyResult> {
+    return this.call<VerifyResult>('POST', '/v1/tokens/verify', { token, ...options }, [200]);
+  }
+
+  jwks(): Promise<JwksResponse> {
+    return this.call<JwksResponse>('GET', '/v1/jwks', undefined, [200]);
+  }
+
+  /** `degraded` comes back with 503 and is still an answer, not an error. */
+  health(): Promise<HealthResponse> {
+    return this.call<HealthResponse>('GET', '/v1/health', undefined, [200, 503]);
+  }
+
+  /** Closes kept-alive connections so the process can exit. */
+  close(): void {
+    this.agent.destroy();
+  }
+
+  private call<T>(
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    expected: number[],
+  ): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      const req = httpRequest(
+        {
+          socketPath: this.socketPath,
+          path,
+          method,
+          agent: this.agent,
+          timeout: this.timeoutMs,
+          headers: {
+            host: 'hsmint',
+            accept: 'application/json',
+            ...(payload
+              ? { 'content-type': 'application/json', 'content-length': payload.length }
+              : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_RESPONSE_BYTES) {
+              req.destroy(new HsmintError('ERR_PROTOCOL', 'the daemon answer is too large'));
+              return;
+            }
+            chunks.push(chunk);
+          });
+          res.on('end', () => {
+            let parsed: unknown;
+            try {
+              parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+            } catch {
+              reject(
+                new HsmintError(
+                  'ERR_PROTOCOL',
+                  `the daemon answered ${res.statusCode} without JSON`,
+                ),
+              );
+              return;
+            }
+            if (expected.includes(res.statusCode ?? 0)) {
+              resolve(parsed as T);
+              return;
+            }
+            const error = (parsed as { error?: { code?: unknown; message?: unknown } }).error;
+            const code = isErrorCode(error?.code) ? error.code : 'ERR_PROTOCOL';
+            reject(
+              new HsmintError(
+                code,
+                typeof error?.message === 'string' ? error.message : `HTTP ${res.statusCode}`,
+                {
+                  details: { status: res.statusCode },
+                },
+              ),
+            );
+          });
+          res.on('error', reject);
+        },
+      );
+      req.on('timeout', () =>
+        req.destroy(
+          new HsmintError(
+            'ERR_DAEMON_UNREACHABLE',
+            `no answer from ${this.socketPath} in ${this.timeoutMs} ms`,
+          ),
+        ),
+      );
+      req.on('error', (error: NodeJS.ErrnoException) => {
+        if (error instanceof HsmintError) reject(error);
+        else
+          reject(
+            new HsmintError(
+              'ERR_DAEMON_UNREACHABLE',
+              `cannot reach hsmintd at ${this.socketPath}: ${error.code ?? error.message}`,
+              { cause: error },
+            ),
+          );
+      });
+      req.end(payload);
+    });
+  }
+}
+
+/**
+ * A token that renews itself: `get()` returns the cached token until 80% of its lifetime has
+ * passed, then mints a new one. Concurrent callers share one renewal.
+ */
+export function tokenSource(
+  client: HsmintClient,
+  params: MintParams,
+  now: () => number = Date.now,
+): { get(): Promise<string> } {
+  let current: { token: string; renewAt: number } | undefined;
+  let pending: Promise<string> | undefined;
+  return {
+    get() {
+      if (current && now() < current.renewAt) return Promise.resolve(current.token);
+      pending ??= client
+        .mint(params)
+        .then((minted) => {
+          const lifetimeMs = (minted.exp - minted.iat) * 1000;
+          current = { token: minted.token, renewAt: now() + lifetimeMs * 0.8 };
+          return minted.token;
+        })
+        .finally(() => {
+          pending = undefined;
+        });
+      return pending;
+    },
+  };
+}

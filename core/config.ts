@@ -1,0 +1,314 @@
+import { readFileSync } from 'node:fs';
+import { basename, dirname, isAbsolute, resolve } from 'node:path';
+import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import { parseDuration } from './duration.js';
+import { HsmintError } from './errors.js';
+import {
+  ALGORITHMS,
+  DEFAULT_ALGORITHM,
+  RSA_KEY_SIZES,
+  type Algorithm,
+  type RsaKeySize,
+} from './keys/algorithms.js';
+import { parseTokenReference, type Pkcs11Uri } from './pkcs11/uri.js';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  /** The file this came from; relative paths in it are resolved against its folder. */
+  source: string;
+  issuer: string;
+  socket: { path: string; mode: number; group: string | undefined };
+  hsm: {
+    profile: string;
+    /** Absolute path, or undefined to take the profile's first module found on this machine. */
+    module: string | undefined;
+    token: Pkcs11Uri;
+    pinFile: string;
+    sessions: number;
+    environment: Record<string, string>;
+  };
+  keys: { algorithm: Algorithm; rsaBits: RsaKeySize };
+  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number; audiences: string[] };
+  log: { level: LogLevel };
+}
+
+/** Every default in one place; systemd/hsmint.example.yaml shows the same values. */
+export const DEFAULTS = {
+  socketPath: '/run/hsmint/hsmint.sock',
+  socketMode: 0o660,
+  profile: 'softhsm',
+  sessions: 4,
+  algorithm: DEFAULT_ALGORITHM,
+  rsaBits: 3072 as RsaKeySize,
+  defaultTtl: '5m',
+  maxTtl: '1h',
+  clockSkew: '30s',
+  logLevel: 'info' as LogLevel,
+} as const;
+
+/** Skew beyond this makes `exp` meaningless; refuse it rather than trust a broken clock. */
+const MAX_CLOCK_SKEW_SECONDS = 300;
+/** Short-lived means short-lived: a day is the longest any token may live. */
+const MAX_TTL_CEILING_SECONDS = 86400;
+
+type Path = Array<string | number>;
+
+/**
+ * Reads values out of a parsed YAML document with their line numbers, so that every error
+ * names the key path and the line: `tokens.max_ttl: expected a duration (hsmint.yaml:12)`.
+ */
+class ConfigReader {
+  /** Aliases are refused outright: they buy nothing in a config and enable "billion laughs". */
+  private readonly data: unknown;
+
+  constructor(
+    private readonly doc: Document,
+    private readonly lines: LineCounter,
+    private readonly file: string,
+  ) {
+    try {
+      this.data = doc.toJS({ maxAliasCount: 0 });
+    } catch (cause) {
+      throw new HsmintError(
+        'ERR_CONFIG_INVALID',
+        `YAML aliases are not allowed (${basename(file)})`,
+        { cause },
+      );
+    }
+  }
+
+  fail(path: Path, message: string): never {
+    const where = this.lineOf(path);
+    const at = where === undefined ? basename(this.file) : `${basename(this.file)}:${where}`;
+    throw new HsmintError(
+      'ERR_CONFIG_INVALID',
+      `${formatPath(path) || '(top)'}: ${message} (${at})`,
+    );
+  }
+
+  /** The line of the node at `path`, or of its nearest parent that exists. */
+  private lineOf(path: Path): number | undefined {
+    for (let depth = path.length; depth >= 0; depth--) {
+      const node = (
+        depth === 0 ? this.doc.contents : this.doc.getIn(path.slice(0, depth), true)
+      ) as Node | null;
+      if (node?.range) return this.lines.linePos(node.range[0]).line;
+    }
+    return undefined;
+  }
+
+  private keyLine(path: Path, key: string): number | undefined {
+    const node = (
+      path.length === 0 ? this.doc.contents : this.doc.getIn(path, true)
+    ) as Node | null;
+    if (!isMap(node)) return undefined;
+    const pair = node.items.find((item) => (item.key as { value?: unknown } | null)?.value === key);
+    const range = (pair?.key as Node | undefined)?.range;
+    return range ? this.lines.linePos(range[0]).line : undefined;
+  }
+
+  /** A mapping whose keys must all be known; an absent section reads as empty. */
+  section(path: Path, known: readonly string[], required = false): Record<string, unknown> {
+    const value = this.value(path);
+    if (value === undefined || value === null) {
+      if (required) this.fail(path, 'is required');
+      return {};
+    }
+    if (typeof value !== 'object' || Array.isArray(value)) this.fail(path, 'expected a mapping');
+    for (const key of Object.keys(value)) {
+      if (!known.includes(key)) {
+        const line = this.keyLine(path, key);
+        const at = line === undefined ? basename(this.file) : `${basename(this.file)}:${line}`;
+        throw new HsmintError(
+          'ERR_CONFIG_INVALID',
+          `${formatPath([...path, key])}: unknown key; expected one of ${known.join(', ')} (${at})`,
+        );
+      }
+    }
+    return value as Record<string, unknown>;
+  }
+
+  value(path: Path): unknown {
+    let current: unknown = this.data;
+    for (const step of path) {
+      if (current === null || typeof current !== 'object') return undefined;
+      current = (current as Record<string | number, unknown>)[step];
+    }
+    return current;
+  }
+
+  string(path: Path, fallback?: string): string {
+    const value = this.value(path);
+    if (value === undefined || value === null) {
+      if (fallback === undefined) this.fail(path, 'is required');
+      return fallback;
+    }
+    if (typeof value !== 'string' || value === '') this.fail(path, 'expected a non-empty string');
+    return value;
+  }
+
+  optionalString(path: Path): string | undefined {
+    const value = this.value(path);
+    return value === undefined || value === null ? undefined : this.string(path);
+  }
+
+  integer(path: Path, fallback: number, min: number, max: number): number {
+    const value = this.value(path) ?? fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      this.fail(path, `expected a whole number from ${min} to ${max}`);
+    }
+    return value;
+  }
+
+  duration(path: Path, fallback: string): number {
+    const value = this.value(path) ?? fallback;
+    if (typeof value !== 'string') this.fail(path, 'expected a duration like 90s, 5m, 12h or 30d');
+    try {
+      return parseDuration(value);
+    } catch (error) {
+      this.fail(path, (error as Error).message);
+    }
+  }
+
+  oneOf<T extends string | number>(path: Path, choices: readonly T[], fallback: T): T {
+    const value = this.value(path) ?? fallback;
+    if (!choices.includes(value as T)) this.fail(path, `expected one of ${choices.join(', ')}`);
+    return value as T;
+  }
+
+  stringList(path: Path, fallback: string[]): string[] {
+    const value = this.value(path) ?? fallback;
+    if (!Array.isArray(value) || !value.every((item) => typeof item === 'string' && item !== '')) {
+      this.fail(path, 'expected a list of non-empty strings');
+    }
+    return value as string[];
+  }
+
+  stringMap(path: Path): Record<string, string> {
+    const value = this.value(path) ?? {};
+    if (typeof value !== 'object' || Array.isArray(value))
+      this.fail(path, 'expected a mapping of names to strings');
+    const out: Record<string, string> = {};
+    for (const [key, item] of Object.entries(value as Record<string, unknown>)) {
+      if (!/^[A-Z_][A-Z0-9_]*$/.test(key))
+        this.fail([...path, key], 'expected an environment variable name');
+      if (typeof item !== 'string') this.fail([...path, key], 'expected a string');
+      out[key] = item;
+    }
+    return out;
+  }
+}
+
+function formatPath(path: Path): string {
+  return path
+    .map((step, i) => (typeof step === 'number' ? `[${step}]` : i === 0 ? step : `.${step}`))
+    .join('');
+}
+
+/** Parses and validates a configuration file's text. Nothing here touches the token. */
+export function parseConfig(text: string, file: string): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const problem = doc.errors[0];
+  if (problem) {
+    const line = problem.linePos?.[0]?.line;
+    throw new HsmintError(
+      'ERR_CONFIG_INVALID',
+      `${problem.message.split('\n')[0]} (${basename(file)}${line ? `:${line}` : ''})`,
+    );
+  }
+  const read: ConfigReader = new ConfigReader(doc, lines, file);
+  const base = dirname(resolve(file));
+  const absolute = (value: string) => (isAbsolute(value) ? value : resolve(base, value));
+
+  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'log'], true);
+  const issuer = read.string(['issuer']);
+  if (issuer.length > 256 || /[\s\0]/.test(issuer))
+    read.fail(['issuer'], 'expected a URI or name without spaces, at most 256 characters');
+
+  read.section(['socket'], ['path', 'mode', 'group']);
+  const socketPath = absolute(read.string(['socket', 'path'], DEFAULTS.socketPath));
+  const modeText = read.value(['socket', 'mode']);
+  let mode: number = DEFAULTS.socketMode;
+  if (modeText !== undefined) {
+    if (typeof modeText !== 'string' || !/^0?[0-7]{3}$/.test(modeText))
+      read.fail(['socket', 'mode'], 'expected an octal mode in quotes, like "0660"');
+    mode = parseInt(modeText, 8);
+    if (mode & 0o007)
+      read.fail(
+        ['socket', 'mode'],
+        'others may not connect: the socket is the door to the signing keys',
+      );
+    if ((mode & 0o600) !== 0o600) read.fail(['socket', 'mode'], 'the owner needs read and write');
+  }
+
+  read.section(
+    ['hsm'],
+    ['profile', 'module', 'token', 'pin_file', 'sessions', 'environment'],
+    true,
+  );
+  const tokenText = read.string(['hsm', 'token']);
+  let token: Pkcs11Uri;
+  try {
+    token = parseTokenReference(tokenText);
+  } catch (error) {
+    read.fail(['hsm', 'token'], (error as Error).message);
+  }
+  const pinFileText = read.optionalString(['hsm', 'pin_file']) ?? token.pinSource;
+  if (pinFileText === undefined)
+    read.fail(['hsm', 'pin_file'], 'is required (or pin-source in the token URI)');
+  const moduleText = read.optionalString(['hsm', 'module']) ?? token.modulePath;
+
+  read.section(['keys'], ['algorithm', 'rsa_bits']);
+  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew', 'audiences']);
+  const defaultTtl = read.duration(['tokens', 'default_ttl'], DEFAULTS.defaultTtl);
+  const maxTtl = read.duration(['tokens', 'max_ttl'], DEFAULTS.maxTtl);
+  const clockSkew = read.duration(['tokens', 'clock_skew'], DEFAULTS.clockSkew);
+  if (maxTtl > MAX_TTL_CEILING_SECONDS)
+    read.fail(['tokens', 'max_ttl'], 'at most 24h: hsmint tokens are short-lived');
+  if (defaultTtl > maxTtl)
+    read.fail(['tokens', 'default_ttl'], 'must not be longer than tokens.max_ttl');
+  if (clockSkew > MAX_CLOCK_SKEW_SECONDS) read.fail(['tokens', 'clock_skew'], 'at most 5m');
+  const audiences = read.stringList(['tokens', 'audiences'], []);
+  if (audiences.length === 0)
+    read.fail(['tokens', 'audiences'], 'list the audiences this issuer mints for');
+
+  read.section(['log'], ['level']);
+
+  return {
+    source: resolve(file),
+    issuer,
+    socket: { path: socketPath, mode, group: read.optionalString(['socket', 'group']) },
+    hsm: {
+      profile: read.string(['hsm', 'profile'], DEFAULTS.profile),
+      module: moduleText === undefined ? undefined : absolute(moduleText),
+      token,
+      pinFile: absolute(pinFileText),
+      sessions: read.integer(['hsm', 'sessions'], DEFAULTS.sessions, 1, 64),
+      environment: read.stringMap(['hsm', 'environment']),
+    },
+    keys: {
+      algorithm: read.oneOf(['keys', 'algorithm'], ALGORITHMS, DEFAULTS.algorithm),
+      rsaBits: read.oneOf(['keys', 'rsa_bits'], RSA_KEY_SIZES, DEFAULTS.rsaBits),
+    },
+    tokens: { defaultTtl, maxTtl, clockSkew, audiences },
+    log: { level: read.oneOf(['log', 'level'], LOG_LEVELS, DEFAULTS.logLevel) },
+  };
+}
+
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (cause) {
+    throw new HsmintError('ERR_CONFIG_UNREADABLE', `cannot read config ${file}`, { cause });
+  }
+  return parseConfig(text, file);
+}
+
+/** `--config`, then $HSMINT_CONFIG, then the system path. */
+export function configPath(flag: string | undefined): string {
+  return flag ?? process.env['HSMINT_CONFIG'] ?? '/etc/hsmint/hsmint.yaml';
+}

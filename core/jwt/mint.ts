@@ -1,0 +1,68 @@
+import { randomBytes } from 'node:crypto';
+import { HsmintError } from '../errors.js';
+import type { KeyInfo, KeyStore } from '../keys/keystore.js';
+import { RESERVED_CLAIMS } from '../protocol.js';
+import type { Algorithm } from '../keys/algorithms.js';
+
+export interface MintInput {
+  issuer: string;
+  audience: string | string[];
+  subject?: string;
+  scope?: string[];
+  /** Extra claims, already checked against the reserved names by the protocol parser. */
+  claims?: Record<string, unknown>;
+  ttlSeconds: number;
+  now: Date;
+}
+
+export interface MintedToken {
+  token: string;
+  jti: string;
+  kid: string;
+  alg: Algorithm;
+  iat: number;
+  exp: number;
+}
+
+const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+
+/**
+ * Builds the JWS signing input here and has the token sign it: the private key never leaves
+ * the token, and the daemon alone decides the header, `iss`, `iat`, `nbf`, `exp` and `jti`.
+ */
+export async function mintToken(
+  store: KeyStore,
+  key: KeyInfo,
+  input: MintInput,
+): Promise<MintedToken> {
+  const iat = Math.floor(input.now.getTime() / 1000);
+  const exp = iat + input.ttlSeconds;
+  const jti = randomBytes(16).toString('base64url');
+  const header = { alg: key.alg, typ: 'JWT', kid: key.kid };
+  const extra = input.claims ?? {};
+  // The parser refuses these already; a second check here keeps the guarantee local to minting.
+  const shadowing = Object.keys(extra).find((name) => RESERVED_CLAIMS.has(name));
+  if (shadowing !== undefined)
+    throw new HsmintError('ERR_RESERVED_CLAIM', `claim ${shadowing} is set by the daemon only`);
+  const payload = {
+    iss: input.issuer,
+    ...(input.subject === undefined ? {} : { sub: input.subject }),
+    aud: input.audience,
+    iat,
+    nbf: iat,
+    exp,
+    jti,
+    ...(input.scope && input.scope.length > 0 ? { scope: input.scope.join(' ') } : {}),
+    ...extra,
+  };
+  const signingInput = `${encode(header)}.${encode(payload)}`;
+  const signature = await store.sign(key.kid, Buffer.from(signingInput, 'ascii'));
+  return {
+    token: `${signingInput}.${signature.toString('base64url')}`,
+    jti,
+    kid: key.kid,
+    alg: key.alg,
+    iat,
+    exp,
+  };
+}

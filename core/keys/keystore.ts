@@ -1,0 +1,56 @@
+import type { JWK } from 'jose';
+import type { Algorithm } from './algorithms.js';
+
+/** A public key as hsmint publishes it: RFC 7638 thumbprint as `kid`, `use` and `alg` set. */
+export interface PublicJwk extends JWK {
+  kid: string;
+  alg: Algorithm;
+  use: 'sig';
+}
+
+export interface KeyInfo {
+  kid: string;
+  alg: Algorithm;
+  /** The object label on the token (`hsmint-ES256-20261128T140000Z`). */
+  label: string;
+  createdAt: Date;
+  publicJwk: PublicJwk;
+}
+
+/**
+ * The narrow seam in front of a key store (after smallstep's KeyManager). Only core/pkcs11
+ * implements it for real; tests add an in-memory one and run the same contract suite on both.
+ */
+export interface KeyStore {
+  /** hsmint's keys on the store, oldest first. */
+  list(): Promise<KeyInfo[]>;
+  /** Re-reads the store, for keys made by another process (`hsmint keys create`). */
+  reload(): Promise<void>;
+  /** Generates a non-exportable key pair on the store. */
+  generate(alg: Algorithm): Promise<KeyInfo>;
+  /** Signs a JWS signing input and returns the JWS signature bytes for the key's algorithm. */
+  sign(kid: string, signingInput: Buffer): Promise<Buffer>;
+  destroy(kid: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+const LABEL = /^hsmint-(ES256|ES384|PS256|RS256|EdDSA)-(\d{8}T\d{6}Z)$/;
+
+/** Keys are named after their algorithm and creation time, so a token listing reads plainly. */
+export function keyLabel(alg: Algorithm, createdAt: Date): string {
+  const stamp = createdAt
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
+  return `hsmint-${alg}-${stamp}`;
+}
+
+export function parseKeyLabel(label: string): { alg: Algorithm; createdAt: Date } | undefined {
+  const match = LABEL.exec(label);
+  if (!match) return undefined;
+  const stamp = match[2]!;
+  const iso = `${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}T${stamp.slice(9, 11)}:${stamp.slice(11, 13)}:${stamp.slice(13, 15)}Z`;
+  const createdAt = new Date(iso);
+  if (Number.isNaN(createdAt.getTime())) return undefined;
+  return { alg: match[1] as Algorithm, createdAt };
+}

@@ -1,0 +1,43 @@
+import type { Config } from './config.js';
+import { HsmintError } from './errors.js';
+import { Pkcs11KeyStore, requiredMechanisms } from './pkcs11/keystore.js';
+import { Pkcs11Token } from './pkcs11/token.js';
+import { readPinFile } from './pin.js';
+import { findModule, loadProfile } from './profiles.js';
+
+/** The module a config points at: hsm.module, else the profile's first module on this machine. */
+export function resolveModule(config: Config): string {
+  return config.hsm.module ?? findModule(loadProfile(config.hsm.profile));
+}
+
+/**
+ * Opens the configured token and its hsmint key store: reads the PIN file, loads the module,
+ * logs in, and checks that the token offers the configured algorithm's mechanisms.
+ */
+export async function openKeyStore(
+  config: Config,
+): Promise<{ store: Pkcs11KeyStore; token: { label: string; serial: string } }> {
+  const pin = await readPinFile(config.hsm.pinFile);
+  const token = Pkcs11Token.open({
+    modulePath: resolveModule(config),
+    selector: config.hsm.token,
+    pin,
+    sessions: config.hsm.sessions,
+    environment: config.hsm.environment,
+  });
+  const offered = token.mechanisms();
+  const missing = requiredMechanisms(config.keys.algorithm).filter(
+    (mechanism) => !offered.has(mechanism),
+  );
+  if (missing.length > 0) {
+    token.close();
+    throw new HsmintError(
+      'ERR_ALG_UNSUPPORTED',
+      `token ${token.info.label} lacks mechanism(s) ${missing.map((m) => `0x${m.toString(16)}`).join(', ')} for ${config.keys.algorithm}`,
+    );
+  }
+  return {
+    store: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits }),
+    token: { label: token.info.label, serial: token.info.serial },
+  };
+}

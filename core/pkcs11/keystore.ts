@@ -1,0 +1,372 @@
+import { createHash, randomBytes } from 'node:crypto';
+import * as graphene from 'graphene-pk11';
+import pkcs11js from 'pkcs11js';
+import { calculateJwkThumbprint, type JWK } from 'jose';
+import { HsmintError } from '../errors.js';
+import type { Algorithm, RsaKeySize } from '../keys/algorithms.js';
+import {
+  keyLabel,
+  parseKeyLabel,
+  type KeyInfo,
+  type KeyStore,
+  type PublicJwk,
+} from '../keys/keystore.js';
+import { ckrName, type Pkcs11Token } from './token.js';
+
+/** Ed25519 mechanisms are PKCS#11 3.0; pkcs11js 2.1 does not name them yet. */
+const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
+const CKM_EDDSA = 0x1057;
+const CKK_EC_EDWARDS = 0x40;
+
+const OID = {
+  p256: Buffer.from('06082a8648ce3d030107', 'hex'), // 1.2.840.10045.3.1.7
+  p384: Buffer.from('06052b81040022', 'hex'), // 1.3.132.0.34
+  ed25519: Buffer.from('06032b6570', 'hex'), // 1.3.101.112
+};
+
+type Family = 'ec' | 'okp' | 'rsa';
+
+interface Scheme {
+  family: Family;
+  keyGen: number;
+  keyType: number;
+  ecParams?: Buffer;
+  curve?: 'P-256' | 'P-384' | 'Ed25519';
+  /** Bytes of the raw public point (EC: 04||X||Y; Ed25519: the key itself). */
+  pointLength?: number;
+  /** Hashed in Node before a raw mechanism, for tokens (SoftHSM) without hashed ECDSA. */
+  prehash?: 'sha256' | 'sha384';
+  sign: pkcs11js.Mechanism;
+}
+
+const SCHEMES: Record<Algorithm, Scheme> = {
+  ES256: {
+    family: 'ec',
+    keyGen: pkcs11js.CKM_EC_KEY_PAIR_GEN,
+    keyType: pkcs11js.CKK_EC,
+    ecParams: OID.p256,
+    curve: 'P-256',
+    pointLength: 65,
+    prehash: 'sha256',
+    sign: { mechanism: pkcs11js.CKM_ECDSA },
+  },
+  ES384: {
+    family: 'ec',
+    keyGen: pkcs11js.CKM_EC_KEY_PAIR_GEN,
+    keyType: pkcs11js.CKK_EC,
+    ecParams: OID.p384,
+    curve: 'P-384',
+    pointLength: 97,
+    prehash: 'sha384',
+    sign: { mechanism: pkcs11js.CKM_ECDSA },
+  },
+  EdDSA: {
+    family: 'okp',
+    keyGen: CKM_EC_EDWARDS_KEY_PAIR_GEN,
+    keyType: CKK_EC_EDWARDS,
+    ecParams: OID.ed25519,
+    curve: 'Ed25519',
+    pointLength: 32,
+    sign: { mechanism: CKM_EDDSA },
+  },
+  RS256: {
+    family: 'rsa',
+    keyGen: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN,
+    keyType: pkcs11js.CKK_RSA,
+    sign: { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS },
+  },
+  PS256: {
+    family: 'rsa',
+    keyGen: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN,
+    keyType: pkcs11js.CKK_RSA,
+    sign: {
+      mechanism: pkcs11js.CKM_SHA256_RSA_PKCS_PSS,
+      parameter: {
+        type: pkcs11js.CK_PARAMS_RSA_PSS,
+        hashAlg: pkcs11js.CKM_SHA256,
+        mgf: pkcs11js.CKG_MGF1_SHA256,
+        saltLen: 32,
+      } as pkcs11js.RsaPSS,
+    },
+  },
+};
+
+/** The mechanisms a token must offer for hsmint to generate and sign with `alg`. */
+export function requiredMechanisms(alg: Algorithm): number[] {
+  const scheme = SCHEMES[alg];
+  return [scheme.keyGen, scheme.sign.mechanism];
+}
+
+interface LoadedKey {
+  info: KeyInfo;
+  privateKey: Buffer;
+  /** Exact output size, so the binding never allocates or truncates. */
+  signatureLength: number;
+}
+
+export interface Pkcs11KeyStoreOptions {
+  rsaBits?: RsaKeySize;
+  /** Injected for tests; the creation time goes into the label. */
+  now?: () => Date;
+}
+
+/**
+ * hsmint's keys on a PKCS#11 token. Private keys are generated on the token as sensitive,
+ * never extractable token objects; this class never asks for their value and never wraps them.
+ */
+export class Pkcs11KeyStore implements KeyStore {
+  private readonly keys = new Map<string, LoadedKey>();
+  private loaded = false;
+  private readonly rsaBits: RsaKeySize;
+  private readonly now: () => Date;
+
+  constructor(
+    private readonly token: Pkcs11Token,
+    options: Pkcs11KeyStoreOptions = {},
+  ) {
+    this.rsaBits = options.rsaBits ?? 3072;
+    this.now = options.now ?? (() => new Date());
+  }
+
+  async list(): Promise<KeyInfo[]> {
+    if (!this.loaded) await this.reload();
+    return [...this.keys.values()]
+      .map((key) => key.info)
+      .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || a.kid.localeCompare(b.kid));
+  }
+
+  /** Re-reads the token: the token, not any cache, is the truth about which keys exist. */
+  async reload(): Promise<void> {
+    const session = this.token.anchor;
+    const found = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, token: true });
+    const next = new Map<string, LoadedKey>();
+    for (let i = 0; i < found.length; i++) {
+      const privateKey = found.items(i);
+      const { label, id } = privateKey.getAttribute({ label: null, id: null }) as {
+        label: string;
+        id: Buffer;
+      };
+      const parsed = parseKeyLabel(label);
+      if (!parsed || !id) continue;
+      const publicKey = session
+        .find({ class: graphene.ObjectClass.PUBLIC_KEY, token: true, id })
+        .items(0);
+      if (!publicKey) continue;
+      const loaded = await this.describe(
+        parsed.alg,
+        label,
+        parsed.createdAt,
+        publicKey,
+        privateKey.handle,
+      );
+      next.set(loaded.info.kid, loaded);
+    }
+    this.keys.clear();
+    for (const [kid, key] of next) this.keys.set(kid, key);
+    this.loaded = true;
+  }
+
+  async generate(alg: Algorithm): Promise<KeyInfo> {
+    const scheme = SCHEMES[alg];
+    const createdAt = this.now();
+    const label = keyLabel(alg, createdAt);
+    const id = randomBytes(16);
+    const common = { token: true, label, id, keyType: scheme.keyType };
+    const publicTemplate: graphene.ITemplate = {
+      ...common,
+      class: graphene.ObjectClass.PUBLIC_KEY,
+      private: false,
+      verify: true,
+      encrypt: false,
+      wrap: false,
+      ...(scheme.family === 'rsa'
+        ? { modulusBits: this.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }
+        : { paramsEC: scheme.ecParams ?? null }),
+    };
+    const privateTemplate: graphene.ITemplate = {
+      ...common,
+      class: graphene.ObjectClass.PRIVATE_KEY,
+      private: true,
+      sensitive: true,
+      extractable: false,
+      sign: true,
+      decrypt: false,
+      unwrap: false,
+      derive: false,
+    };
+    let pair: graphene.IKeyPair;
+    try {
+      pair = this.token.anchor.generateKeyPair(
+        scheme.keyGen as graphene.MechanismEnum,
+        publicTemplate,
+        privateTemplate,
+      );
+    } catch (cause) {
+      throw new HsmintError(
+        'ERR_ALG_UNSUPPORTED',
+        `the token could not generate an ${alg} key: ${ckrName(cause) ?? 'error'}`,
+        {
+          cause,
+        },
+      );
+    }
+    const loaded = await this.describe(
+      alg,
+      label,
+      createdAt,
+      pair.publicKey,
+      pair.privateKey.handle,
+    );
+    this.keys.set(loaded.info.kid, loaded);
+    return loaded.info;
+  }
+
+  async sign(kid: string, signingInput: Buffer): Promise<Buffer> {
+    if (!this.loaded) await this.reload();
+    const key = this.keys.get(kid);
+    if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
+    const scheme = SCHEMES[key.info.alg];
+    const data = scheme.prehash
+      ? createHash(scheme.prehash).update(signingInput).digest()
+      : signingInput;
+    const lib = this.token.raw;
+    return this.token.withSession(async (session) => {
+      lib.C_SignInit(session, scheme.sign, key.privateKey);
+      // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
+      return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
+    });
+  }
+
+  async destroy(kid: string): Promise<void> {
+    if (!this.loaded) await this.reload();
+    const key = this.keys.get(kid);
+    if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
+    const session = this.token.anchor;
+    const id = session.getObject<graphene.PrivateKey>(key.privateKey)?.getAttribute('id') as
+      Buffer | undefined;
+    if (!id) throw new HsmintError('ERR_KEY_NOT_FOUND', `key ${kid} vanished from the token`);
+    for (const cls of [graphene.ObjectClass.PRIVATE_KEY, graphene.ObjectClass.PUBLIC_KEY]) {
+      const objects = session.find({ class: cls, token: true, id });
+      for (let i = 0; i < objects.length; i++) objects.items(i).destroy();
+    }
+    this.keys.delete(kid);
+  }
+
+  async close(): Promise<void> {
+    this.token.close();
+  }
+
+  /** The private key's protection attributes, read for tests and `doctor`; never its value. */
+  protection(kid: string): {
+    extractable: boolean;
+    sensitive: boolean;
+    neverExtractable: boolean;
+    alwaysSensitive: boolean;
+  } {
+    const key = this.keys.get(kid);
+    if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
+    const object = this.token.anchor.getObject<graphene.PrivateKey>(key.privateKey);
+    if (!object) throw new HsmintError('ERR_KEY_NOT_FOUND', `key ${kid} vanished from the token`);
+    return object.getAttribute({
+      extractable: null,
+      sensitive: null,
+      neverExtractable: null,
+      alwaysSensitive: null,
+    }) as {
+      extractable: boolean;
+      sensitive: boolean;
+      neverExtractable: boolean;
+      alwaysSensitive: boolean;
+    };
+  }
+
+  /** The private key's object handle, for tests that prove the value cannot be read. */
+  privateHandle(kid: string): Buffer {
+    const key = this.keys.get(kid);
+    if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
+    return key.privateKey;
+  }
+
+  private async describe(
+    alg: Algorithm,
+    label: string,
+    createdAt: Date,
+    publicKey: graphene.SessionObject,
+    privateKey: Buffer,
+  ): Promise<LoadedKey> {
+    const scheme = SCHEMES[alg];
+    let jwk: JWK;
+    let signatureLength: number;
+    if (scheme.family === 'rsa') {
+      const { modulus, publicExponent } = publicKey.getAttribute({
+        modulus: null,
+        publicExponent: null,
+      }) as {
+        modulus: Buffer;
+        publicExponent: Buffer;
+      };
+      jwk = {
+        kty: 'RSA',
+        n: stripLeadingZeros(modulus).toString('base64url'),
+        e: stripLeadingZeros(publicExponent).toString('base64url'),
+      };
+      signatureLength = stripLeadingZeros(modulus).length;
+    } else {
+      // Numeric reads: graphene maps CKA_EC_PARAMS to two names and returns only one of them.
+      const { keyType } = publicKey.getAttribute({ keyType: null }) as { keyType: number };
+      const paramsEC = publicKey.getAttribute(pkcs11js.CKA_EC_PARAMS);
+      const pointEC = publicKey.getAttribute(pkcs11js.CKA_EC_POINT);
+      if (keyType !== scheme.keyType || !paramsEC.equals(scheme.ecParams!)) {
+        throw new HsmintError(
+          'ERR_ALG_UNSUPPORTED',
+          `key ${label} on the token is not an ${alg} key`,
+        );
+      }
+      const point = unwrapPoint(pointEC, scheme.pointLength!);
+      if (scheme.family === 'okp') {
+        jwk = { kty: 'OKP', crv: 'Ed25519', x: point.toString('base64url') };
+        signatureLength = 64;
+      } else {
+        const size = (scheme.pointLength! - 1) / 2;
+        jwk = {
+          kty: 'EC',
+          crv: scheme.curve!,
+          x: point.subarray(1, 1 + size).toString('base64url'),
+          y: point.subarray(1 + size).toString('base64url'),
+        };
+        signatureLength = 2 * size;
+      }
+    }
+    const kid = await calculateJwkThumbprint(jwk, 'sha256');
+    const publicJwk: PublicJwk = { ...jwk, kid, alg, use: 'sig' };
+    return { info: { kid, alg, label, createdAt, publicJwk }, privateKey, signatureLength };
+  }
+}
+
+function stripLeadingZeros(bytes: Buffer): Buffer {
+  let start = 0;
+  while (start < bytes.length - 1 && bytes[start] === 0) start++;
+  return bytes.subarray(start);
+}
+
+/**
+ * CKA_EC_POINT is a DER OCTET STRING holding the point; some modules return the bare point.
+ * The expected length decides, since a bare point's second byte can look like a DER length.
+ */
+function unwrapPoint(value: Buffer, pointLength: number): Buffer {
+  if (value.length === pointLength) return value;
+  if (value[0] === 0x04 && value.length === pointLength + 2 && value[1] === pointLength)
+    return value.subarray(2);
+  if (
+    value[0] === 0x04 &&
+    value[1] === 0x81 &&
+    value.length === pointLength + 3 &&
+    value[2] === pointLength
+  ) {
+    return value.subarray(3);
+  }
+  throw new HsmintError(
+    'ERR_ALG_UNSUPPORTED',
+    `unexpected CKA_EC_POINT encoding (${value.length} bytes)`,
+  );
+}

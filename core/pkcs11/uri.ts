@@ -1,0 +1,147 @@
+import { HsmintError } from '../errors.js';
+
+/** What selects a token: every attribute given must match; the slot number never does. */
+export interface TokenSelector {
+  token?: string;
+  manufacturer?: string;
+  serial?: string;
+  model?: string;
+}
+
+export interface Pkcs11Uri extends TokenSelector {
+  object?: string;
+  id?: Buffer;
+  type?: 'private' | 'public' | 'cert' | 'secret-key' | 'data';
+  /** Where the PIN is read from: a file path. `pin-value` is refused. */
+  pinSource?: string;
+  modulePath?: string;
+}
+
+const PATH_ATTRIBUTES = new Set([
+  'token',
+  'manufacturer',
+  'serial',
+  'model',
+  'object',
+  'id',
+  'type',
+]);
+const QUERY_ATTRIBUTES = new Set(['pin-source', 'module-path']);
+/** Slot attributes name hardware positions that change when a reader is replugged. */
+const REFUSED = new Map([
+  ['pin-value', 'a PIN in a URI ends up in shell history and process lists; use pin-source'],
+  ['slot-id', 'tokens are chosen by label or serial, never by slot number'],
+  ['slot-description', 'tokens are chosen by label or serial, never by slot'],
+  ['slot-manufacturer', 'tokens are chosen by label or serial, never by slot'],
+  ['module-name', 'set hsm.module or hsm.profile instead'],
+  ['library-description', 'not supported'],
+  ['library-manufacturer', 'not supported'],
+  ['library-version', 'not supported'],
+]);
+const TYPES = new Set(['private', 'public', 'cert', 'secret-key', 'data']);
+
+function invalid(uri: string, why: string): HsmintError {
+  return new HsmintError(
+    'ERR_PKCS11_URI_INVALID',
+    `${why} in PKCS#11 URI ${JSON.stringify(uri.slice(0, 200))}`,
+  );
+}
+
+function decode(uri: string, value: string): string {
+  // RFC 7512 allows only percent-encoding; a bare "%" or a bad sequence is an error, not literal.
+  if (/%(?![0-9a-fA-F]{2})/.test(value)) throw invalid(uri, 'bad percent-encoding');
+  return decodeURIComponent(value);
+}
+
+/** Parses an RFC 7512 PKCS#11 URI, refusing what hsmint must never accept. */
+export function parsePkcs11Uri(uri: string): Pkcs11Uri {
+  if (typeof uri !== 'string' || !uri.startsWith('pkcs11:'))
+    throw invalid(String(uri), 'missing "pkcs11:" scheme');
+  if (uri.length > 2048) throw invalid(uri, 'too long');
+  const body = uri.slice('pkcs11:'.length);
+  const queryAt = body.indexOf('?');
+  const pathPart = queryAt === -1 ? body : body.slice(0, queryAt);
+  const queryPart = queryAt === -1 ? '' : body.slice(queryAt + 1);
+  const result: Pkcs11Uri = {};
+  const seen = new Set<string>();
+
+  const take = (pair: string, allowed: Set<string>) => {
+    if (pair === '') return;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw invalid(uri, `attribute ${JSON.stringify(pair)} has no value`);
+    const name = pair.slice(0, eq).toLowerCase();
+    const raw = pair.slice(eq + 1);
+    const refusal = REFUSED.get(name);
+    if (refusal) throw invalid(uri, `"${name}" is refused (${refusal})`);
+    if (!allowed.has(name)) throw invalid(uri, `unknown attribute "${name}"`);
+    if (seen.has(name)) throw invalid(uri, `attribute "${name}" repeated`);
+    seen.add(name);
+    const value = decode(uri, raw);
+    switch (name) {
+      case 'token':
+        result.token = value;
+        break;
+      case 'manufacturer':
+        result.manufacturer = value;
+        break;
+      case 'serial':
+        result.serial = value;
+        break;
+      case 'model':
+        result.model = value;
+        break;
+      case 'object':
+        result.object = value;
+        break;
+      case 'id':
+        result.id = Buffer.from(value, 'latin1');
+        break;
+      case 'type':
+        if (!TYPES.has(value)) throw invalid(uri, `unknown type "${value}"`);
+        result.type = value as NonNullable<Pkcs11Uri['type']>;
+        break;
+      case 'pin-source':
+        result.pinSource = value.startsWith('file:') ? value.slice('file:'.length) : value;
+        break;
+      case 'module-path':
+        result.modulePath = value;
+        break;
+    }
+  };
+  for (const pair of pathPart.split(';')) take(pair, PATH_ATTRIBUTES);
+  for (const pair of queryPart.split('&')) take(pair, QUERY_ATTRIBUTES);
+  return result;
+}
+
+/** A config may name a token by plain label or by URI. */
+export function parseTokenReference(reference: string): Pkcs11Uri {
+  if (reference.startsWith('pkcs11:')) {
+    const uri = parsePkcs11Uri(reference);
+    if (!uri.token && !uri.serial) {
+      throw invalid(reference, 'a token URI needs "token" (the label) or "serial"');
+    }
+    return uri;
+  }
+  if (reference === '' || reference.length > 32) {
+    throw new HsmintError('ERR_PKCS11_URI_INVALID', 'a token label is 1 to 32 characters');
+  }
+  return { token: reference };
+}
+
+/** Token-info strings are fixed-width, padded with spaces (and NULs by some modules). */
+export function trimPadded(value: string): string {
+  return value.replace(/[\s\0]+$/u, '');
+}
+
+export function matchesToken(
+  selector: TokenSelector,
+  info: { label: string; manufacturerID: string; serialNumber: string; model: string },
+): boolean {
+  return (
+    (selector.token === undefined || trimPadded(info.label) === selector.token) &&
+    (selector.manufacturer === undefined ||
+      trimPadded(info.manufacturerID) === selector.manufacturer) &&
+    (selector.serial === undefined || trimPadded(info.serialNumber) === selector.serial) &&
+    (selector.model === undefined || trimPadded(info.model) === selector.model)
+  );
+}

@@ -1,0 +1,223 @@
+/**
+ * The socket API's request and response shapes (under /v1) and their strict parsers: unknown
+ * fields and wrong types are refused with a code, never ignored or coerced.
+ */
+import { parseDuration } from './duration.js';
+import { HsmintError, type ErrorCode } from './errors.js';
+import type { Algorithm } from './keys/algorithms.js';
+import type { PublicJwk } from './keys/keystore.js';
+import type { VerifyResult } from './jwt/verify.js';
+
+export const API_PREFIX = '/v1';
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export interface MintRequest {
+  aud: string | string[];
+  sub?: string;
+  /** Seconds; the wire takes a duration string (`5m`) or whole seconds. */
+  ttl?: number;
+  scope?: string[];
+  claims?: Record<string, unknown>;
+}
+
+export interface MintResponse {
+  token: string;
+  jti: string;
+  kid: string;
+  alg: Algorithm;
+  iat: number;
+  exp: number;
+}
+
+export interface VerifyRequest {
+  token: string;
+  aud?: string;
+}
+
+export type VerifyResponse = VerifyResult;
+
+export interface JwksResponse {
+  keys: PublicJwk[];
+}
+
+export type HealthStatus = 'ok' | 'degraded' | 'sealed';
+
+export interface HealthResponse {
+  status: HealthStatus;
+  reason?: string;
+  issuer: string;
+  algorithm: Algorithm;
+  active_kid: string;
+  keys: number;
+  token: { label: string; serial: string };
+  uptime_s: number;
+}
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string };
+}
+
+/**
+ * Claims only the daemon sets, and names that would reach into an object's prototype. `azp`
+ * and `hsmint` are kept for the caller identity the daemon records.
+ */
+export const RESERVED_CLAIMS = new Set([
+  'iss',
+  'sub',
+  'aud',
+  'exp',
+  'nbf',
+  'iat',
+  'jti',
+  'scope',
+  'azp',
+  'hsmint',
+  'cnf',
+  '__proto__',
+  'constructor',
+  'prototype',
+]);
+
+const MAX_STRING = 256;
+const MAX_AUDIENCES = 16;
+const MAX_SCOPES = 32;
+const MAX_CLAIMS = 32;
+const MAX_CLAIM_DEPTH = 8;
+const CLAIM_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$/;
+/** RFC 6749 scope-token: printable ASCII but space, `"` and `\`. */
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/;
+
+function bad(code: ErrorCode, message: string): HsmintError {
+  return new HsmintError(code, message);
+}
+
+function objectBody(body: unknown, known: readonly string[]): Record<string, unknown> {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw bad('ERR_INVALID_REQUEST', 'the body must be a JSON object');
+  }
+  for (const key of Object.keys(body)) {
+    if (!known.includes(key)) {
+      throw bad(
+        'ERR_UNKNOWN_FIELD',
+        `unknown field ${JSON.stringify(key.slice(0, 64))}; expected ${known.join(', ')}`,
+      );
+    }
+  }
+  return body as Record<string, unknown>;
+}
+
+/** Printable text without control characters: what ends up in tokens and logs stays readable. */
+function text(value: unknown, field: string, max = MAX_STRING): string {
+  if (typeof value !== 'string') throw bad('ERR_INVALID_REQUEST', `${field} must be a string`);
+  if (value.length === 0 || value.length > max)
+    throw bad('ERR_INVALID_REQUEST', `${field} must be 1 to ${max} characters`);
+  if (/[\u0000-\u001f\u007f\u2028\u2029]/.test(value) || !value.isWellFormed()) {
+    throw bad(
+      'ERR_INVALID_REQUEST',
+      `${field} must not hold control characters or lone surrogates`,
+    );
+  }
+  return value;
+}
+
+function ttl(value: unknown): number {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 1)
+      throw bad(
+        'ERR_INVALID_REQUEST',
+        'ttl must be a whole number of seconds >= 1, or a duration like "5m"',
+      );
+    return value;
+  }
+  if (typeof value === 'string') {
+    try {
+      return parseDuration(value);
+    } catch {
+      throw bad('ERR_INVALID_REQUEST', 'ttl must be a duration like "90s", "5m" or "1h"');
+    }
+  }
+  throw bad('ERR_INVALID_REQUEST', 'ttl must be a duration string or whole seconds');
+}
+
+/** Iterative, so a hostile 100k-level nesting cannot overflow the stack. */
+function claimDepth(root: unknown): number {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (value === null || typeof value !== 'object') continue;
+    deepest = Math.max(deepest, depth);
+    if (deepest > MAX_CLAIM_DEPTH) return deepest;
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
+function claims(value: unknown): Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw bad('ERR_INVALID_REQUEST', 'claims must be an object');
+  }
+  const names = Object.keys(value);
+  if (names.length > MAX_CLAIMS)
+    throw bad('ERR_INVALID_REQUEST', `at most ${MAX_CLAIMS} extra claims`);
+  for (const name of names) {
+    if (RESERVED_CLAIMS.has(name))
+      throw bad('ERR_RESERVED_CLAIM', `claim ${name} is set by the daemon only`);
+    if (!CLAIM_NAME.test(name))
+      throw bad(
+        'ERR_INVALID_REQUEST',
+        `claim name ${JSON.stringify(name.slice(0, 64))} is not allowed`,
+      );
+  }
+  if (claimDepth(value) > MAX_CLAIM_DEPTH)
+    throw bad('ERR_INVALID_REQUEST', `claims nest deeper than ${MAX_CLAIM_DEPTH} levels`);
+  // A fresh object built from own entries: nothing inherited, nothing that reaches a prototype.
+  return Object.fromEntries(Object.entries(value));
+}
+
+export function parseMintRequest(body: unknown): MintRequest {
+  const input = objectBody(body, ['aud', 'sub', 'ttl', 'scope', 'claims']);
+  if (input['aud'] === undefined) throw bad('ERR_MISSING_FIELD', 'aud is required');
+  let aud: string | string[];
+  if (Array.isArray(input['aud'])) {
+    const list = input['aud'];
+    if (list.length === 0 || list.length > MAX_AUDIENCES)
+      throw bad('ERR_INVALID_REQUEST', `aud must hold 1 to ${MAX_AUDIENCES} audiences`);
+    aud = list.map((item, i) => text(item, `aud[${i}]`));
+    if (new Set(aud).size !== aud.length)
+      throw bad('ERR_INVALID_REQUEST', 'aud repeats an audience');
+    if (aud.length === 1) aud = aud[0]!;
+  } else {
+    aud = text(input['aud'], 'aud');
+  }
+  const request: MintRequest = { aud };
+  if (input['sub'] !== undefined) request.sub = text(input['sub'], 'sub');
+  if (input['ttl'] !== undefined) request.ttl = ttl(input['ttl']);
+  if (input['scope'] !== undefined) {
+    const scope = input['scope'];
+    if (!Array.isArray(scope) || scope.length > MAX_SCOPES)
+      throw bad('ERR_INVALID_REQUEST', `scope must be a list of at most ${MAX_SCOPES} strings`);
+    request.scope = scope.map((item, i) => {
+      if (typeof item !== 'string' || !SCOPE_TOKEN.test(item)) {
+        throw bad(
+          'ERR_INVALID_REQUEST',
+          `scope[${i}] must be a scope token (printable ASCII, no spaces or quotes)`,
+        );
+      }
+      return item;
+    });
+  }
+  if (input['claims'] !== undefined) request.claims = claims(input['claims']);
+  return request;
+}
+
+export function parseVerifyRequest(body: unknown): VerifyRequest {
+  const input = objectBody(body, ['token', 'aud']);
+  if (input['token'] === undefined) throw bad('ERR_MISSING_FIELD', 'token is required');
+  // The token itself is judged by the verifier (valid: false, ERR_TOKEN_MALFORMED), not here.
+  if (typeof input['token'] !== 'string')
+    throw bad('ERR_INVALID_REQUEST', 'token must be a string');
+  const request: VerifyRequest = { token: input['token'] };
+  if (input['aud'] !== undefined) request.aud = text(input['aud'], 'aud');
+  return request;
+}

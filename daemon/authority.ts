@@ -1,0 +1,170 @@
+import type { Logger } from 'pino';
+import type { Config } from '../core/config.js';
+import { HsmintError } from '../core/errors.js';
+import { mintToken } from '../core/jwt/mint.js';
+import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
+import type { KeyInfo, KeyStore } from '../core/keys/keystore.js';
+import type {
+  HealthResponse,
+  JwksResponse,
+  MintRequest,
+  MintResponse,
+  VerifyRequest,
+} from '../core/protocol.js';
+
+export interface AuthorityOptions {
+  config: Config;
+  store: KeyStore;
+  token: { label: string; serial: string };
+  logger: Logger;
+  now?: () => Date;
+}
+
+/**
+ * What the daemon does, without the transport: mint on the active key, verify against the
+ * issuer's own public keys, publish them. Handlers call this; tests drive it with a fake store.
+ */
+export class Authority {
+  private config: Config;
+  private readonly store: KeyStore;
+  private readonly token: { label: string; serial: string };
+  private readonly logger: Logger;
+  private readonly now: () => Date;
+  private readonly verifier: TokenVerifier;
+  private keys: KeyInfo[] = [];
+  private active!: KeyInfo;
+  private readonly startedAt: number;
+  /** The last token failure, cleared by the next good signature; it drives `degraded`. */
+  private tokenFault: string | undefined;
+
+  private constructor(options: AuthorityOptions) {
+    this.config = options.config;
+    this.store = options.store;
+    this.token = options.token;
+    this.logger = options.logger;
+    this.now = options.now ?? (() => new Date());
+    this.startedAt = this.now().getTime();
+    this.verifier = new TokenVerifier(this.verifierOptions());
+  }
+
+  /** Loads the keys; generates the first key of the configured algorithm when there is none. */
+  static async create(options: AuthorityOptions): Promise<Authority> {
+    const authority = new Authority(options);
+    await authority.loadKeys();
+    return authority;
+  }
+
+  get activeKey(): KeyInfo {
+    return this.active;
+  }
+
+  get issuer(): string {
+    return this.config.issuer;
+  }
+
+  private verifierOptions() {
+    return { issuer: this.config.issuer, clockSkew: this.config.tokens.clockSkew, now: this.now };
+  }
+
+  private async loadKeys(): Promise<void> {
+    let keys = await this.store.list();
+    const algorithm = this.config.keys.algorithm;
+    if (!keys.some((key) => key.alg === algorithm)) {
+      const created = await this.store.generate(algorithm);
+      this.logger.info(
+        { event: 'key.generate', kid: created.kid, alg: created.alg, label: created.label },
+        'generated the first signing key',
+      );
+      keys = await this.store.list();
+    }
+    // Newest key of the configured algorithm signs; every hsmint key on the token verifies.
+    this.active = keys.filter((key) => key.alg === algorithm).at(-1)!;
+    this.keys = keys;
+    await this.verifier.setKeys(keys.map((key) => key.publicJwk));
+  }
+
+  /** Applies a new configuration and re-reads the keys (SIGHUP). Token and socket settings need a restart. */
+  async reconfigure(config: Config): Promise<string[]> {
+    const restartNeeded: string[] = [];
+    if (JSON.stringify(config.hsm) !== JSON.stringify(this.config.hsm)) restartNeeded.push('hsm');
+    if (JSON.stringify(config.socket) !== JSON.stringify(this.config.socket))
+      restartNeeded.push('socket');
+    this.config = { ...config, hsm: this.config.hsm, socket: this.config.socket };
+    this.verifier.setOptions(this.verifierOptions());
+    await this.store.reload();
+    await this.loadKeys();
+    return restartNeeded;
+  }
+
+  async mint(request: MintRequest): Promise<MintResponse> {
+    const { tokens, issuer } = this.config;
+    const audiences = Array.isArray(request.aud) ? request.aud : [request.aud];
+    const refused = audiences.find((aud) => !tokens.audiences.includes(aud));
+    if (refused !== undefined) {
+      throw new HsmintError(
+        'ERR_AUDIENCE_NOT_ALLOWED',
+        `audience ${JSON.stringify(refused)} is not one this issuer mints for`,
+      );
+    }
+    const ttlSeconds = request.ttl ?? tokens.defaultTtl;
+    if (ttlSeconds > tokens.maxTtl) {
+      throw new HsmintError(
+        'ERR_TTL_TOO_LONG',
+        `ttl ${ttlSeconds}s is over the maximum of ${tokens.maxTtl}s`,
+      );
+    }
+    try {
+      const minted = await mintToken(this.store, this.active, {
+        issuer,
+        audience: request.aud,
+        ...(request.sub === undefined ? {} : { subject: request.sub }),
+        ...(request.scope === undefined ? {} : { scope: request.scope }),
+        ...(request.claims === undefined ? {} : { claims: request.claims }),
+        ttlSeconds,
+        now: this.now(),
+      });
+      this.tokenFault = undefined;
+      return minted;
+    } catch (error) {
+      if (error instanceof HsmintError) throw error;
+      const ckr = error instanceof Error ? error.message.split(':')[0] : 'unknown';
+      this.tokenFault = `signing failed: ${ckr}`;
+      // The CKR detail goes to the log; the client only learns that the token failed.
+      this.logger.error(
+        { event: 'token.error', kid: this.active.kid, err: error },
+        'signing on the token failed',
+      );
+      throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign; see the daemon log', {
+        cause: error,
+      });
+    }
+  }
+
+  verify(request: VerifyRequest): Promise<VerifyResult> {
+    return this.verifier.verify(
+      request.token,
+      request.aud === undefined ? {} : { audience: request.aud },
+    );
+  }
+
+  jwks(): JwksResponse {
+    return { keys: this.keys.map((key) => key.publicJwk) };
+  }
+
+  health(): HealthResponse {
+    return {
+      status: this.tokenFault ? 'degraded' : 'ok',
+      ...(this.tokenFault ? { reason: this.tokenFault } : {}),
+      issuer: this.config.issuer,
+      algorithm: this.active.alg,
+      active_kid: this.active.kid,
+      keys: this.keys.length,
+      token: this.token,
+      uptime_s: Math.floor((this.now().getTime() - this.startedAt) / 1000),
+    };
+  }
+
+  close(): Promise<void> {
+    return this.store.close();
+  }
+}

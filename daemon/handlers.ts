@@ -1,0 +1,69 @@
+import { parseMintRequest, parseVerifyRequest } from '../core/protocol.js';
+import type { Authority } from './authority.js';
+import type { Route } from './server.js';
+
+/** How long a verifier may cache the JWKS; rotation (publish-ahead) is planned around it. */
+export const JWKS_MAX_AGE_SECONDS = 300;
+
+/** The routes of /v1: pure `(body, context) -> reply` functions over the authority. */
+export function createRoutes(authority: Authority): Route[] {
+  return [
+    {
+      method: 'POST',
+      path: '/v1/tokens',
+      body: true,
+      async handle(body, context) {
+        const request = parseMintRequest(body);
+        const minted = await authority.mint(request);
+        context.log = {
+          jti: minted.jti,
+          kid: minted.kid,
+          aud: request.aud,
+          sub: request.sub,
+          exp: minted.exp,
+        };
+        return { status: 201, body: minted, headers: { 'cache-control': 'no-store' } };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/tokens/verify',
+      body: true,
+      async handle(body, context) {
+        const result = await authority.verify(parseVerifyRequest(body));
+        if (result.valid)
+          context.log = { valid: true, jti: result.claims.jti, kid: result.header.kid };
+        else context.log = { valid: false, code: result.error.code };
+        return { status: 200, body: result, headers: { 'cache-control': 'no-store' } };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/jwks',
+      body: false,
+      async handle() {
+        return {
+          status: 200,
+          body: authority.jwks(),
+          headers: {
+            'cache-control': `public, max-age=${JWKS_MAX_AGE_SECONDS}`,
+            'content-type': 'application/jwk-set+json',
+          },
+        };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/health',
+      body: false,
+      async handle() {
+        const health = authority.health();
+        return {
+          status: health.status === 'ok' ? 200 : 503,
+          body: health,
+          headers: { 'cache-control': 'no-store' },
+        };
+      },
+    },
+  ];
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+import { parseArgs } from 'node:util';
+import type { Logger } from 'pino';
+import { configPath, loadConfig, type Config } from '../core/config.js';
+import { HsmintError } from '../core/errors.js';
+import { openKeyStore } from '../core/open.js';
+import { Authority } from './authority.js';
+import { createRoutes } from './handlers.js';
+import { createLogger } from './logger.js';
+import { ApiServer } from './server.js';
+import { listenOnPath } from './socket.js';
+
+const DRAIN_TIMEOUT_MS = 10_000;
+
+async function start(config: Config, logger: Logger): Promise<void> {
+  const { store, token } = await openKeyStore(config);
+  let authority: Authority;
+  try {
+    authority = await Authority.create({ config, store, token, logger });
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  const server = new ApiServer(createRoutes(authority), logger);
+  try {
+    await listenOnPath(server.http, config.socket.path, config.socket.mode, config.socket.group);
+  } catch (error) {
+    await authority.close();
+    throw error;
+  }
+  logger.info(
+    {
+      event: 'daemon.start',
+      socket: config.socket.path,
+      issuer: config.issuer,
+      alg: authority.activeKey.alg,
+      kid: authority.activeKey.kid,
+      hsm_token: token.label,
+    },
+    'hsmintd is serving',
+  );
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ event: 'daemon.stopping', signal }, 'draining in-flight requests');
+    await server.drain(DRAIN_TIMEOUT_MS);
+    await authority.close();
+    logger.info({ event: 'daemon.stop' }, 'hsmintd stopped; the token is closed');
+    logger.flush();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    // A bad file keeps the running config: a typo must never take the issuer down.
+    try {
+      const next = loadConfig(config.source);
+      void authority.reconfigure(next).then((restartNeeded) => {
+        logger.level = next.log.level;
+        logger.info(
+          { event: 'config.reload', restart_needed: restartNeeded },
+          'configuration reloaded',
+        );
+      });
+    } catch (error) {
+      logger.error(
+        { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
+        'reload refused; the old configuration stays',
+      );
+    }
+  });
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      config: { type: 'string', short: 'c' },
+      version: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(
+      'usage: hsmintd [--config FILE]\n  FILE defaults to $HSMINT_CONFIG or /etc/hsmint/hsmint.yaml\n',
+    );
+    return;
+  }
+  if (values.version) {
+    process.stdout.write('hsmintd 0.1.0\n');
+    return;
+  }
+  const config = loadConfig(configPath(values.config));
+  const logger = createLogger(config.log.level);
+  try {
+    await start(config, logger);
+  } catch (error) {
+    logger.fatal(
+      { event: 'daemon.start_failed', code: (error as HsmintError).code, err: error },
+      (error as Error).message,
+    );
+    logger.flush();
+    process.exitCode = 1;
+  }
+}
+
+main().catch((error: unknown) => {
+  // Before the logger exists (bad flags, bad config) the failure still goes out as one JSON line.
+  const code = error instanceof HsmintError ? error.code : 'ERR_USAGE';
+  process.stdout.write(
+    `${JSON.stringify({ level: 'fatal', event: 'daemon.start_failed', code, msg: (error as Error).message })}\n`,
+  );
+  process.exitCode = 1;
+});

@@ -1,0 +1,97 @@
+import { readFileSync } from 'node:fs';
+import { chmod, chown, lstat, mkdir, stat, unlink } from 'node:fs/promises';
+import { connect } from 'node:net';
+import type { Server } from 'node:http';
+import { dirname } from 'node:path';
+import { HsmintError } from '../core/errors.js';
+
+/** sun_path is 108 bytes on Linux, including the terminating NUL. */
+const MAX_SOCKET_PATH_BYTES = 107;
+
+/** Resolves true when something accepts a connection on `path`. */
+function somethingListens(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+    probe.setTimeout(1000, () => {
+      probe.destroy();
+      resolve(true); // something holds the socket but does not answer: do not steal it
+    });
+  });
+}
+
+function groupId(name: string): number {
+  const line = readFileSync('/etc/group', 'utf8')
+    .split('\n')
+    .find((entry) => entry.split(':')[0] === name);
+  const gid = line === undefined ? Number.NaN : Number(line.split(':')[2]);
+  if (!Number.isInteger(gid))
+    throw new HsmintError('ERR_SOCKET_PATH_INVALID', `socket.group ${name} does not exist`);
+  return gid;
+}
+
+/**
+ * Listens on a Unix socket path without a window in which anyone else could connect: the
+ * umask is set so the socket is born with its final mode, a stale socket is removed only when
+ * nothing answers on it, and a live one (another daemon) makes this refuse to start.
+ */
+export async function listenOnPath(
+  server: Server,
+  path: string,
+  mode: number,
+  group?: string,
+): Promise<void> {
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES) {
+    throw new HsmintError(
+      'ERR_SOCKET_PATH_INVALID',
+      `socket path is over ${MAX_SOCKET_PATH_BYTES} bytes: ${path}`,
+    );
+  }
+  const parent = dirname(path);
+  await mkdir(parent, { recursive: true, mode: 0o750 });
+  const parentInfo = await stat(parent);
+  if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
+    throw new HsmintError(
+      'ERR_SOCKET_PATH_INVALID',
+      `${parent} is world-writable: anyone could replace the socket`,
+    );
+  }
+  const existing = await lstat(path).catch(() => undefined);
+  if (existing) {
+    if (!existing.isSocket())
+      throw new HsmintError('ERR_SOCKET_PATH_INVALID', `${path} exists and is not a socket`);
+    if (await somethingListens(path))
+      throw new HsmintError('ERR_SOCKET_IN_USE', `another process listens on ${path}`);
+    await unlink(path);
+  }
+  const gid = group === undefined ? undefined : groupId(group);
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new HsmintError('ERR_SOCKET_IN_USE', `another process listens on ${path}`)
+          : new HsmintError('ERR_SOCKET_PATH_INVALID', `cannot listen on ${path}: ${error.code}`, {
+              cause: error,
+            }),
+      );
+    };
+    server.once('error', onError);
+    // bind(2) happens synchronously inside listen() for a path, so the umask covers exactly it.
+    const previous = process.umask(0o777 & ~mode);
+    try {
+      server.listen(path, () => {
+        server.off('error', onError);
+        resolve();
+      });
+    } finally {
+      process.umask(previous);
+    }
+  });
+  if (gid !== undefined) await chown(path, -1, gid);
+  await chmod(path, mode);
+}
