@@ -126,12 +126,13 @@ export class Authority {
       this.tokenFault = undefined;
       return minted;
     } catch (error) {
-      if (error instanceof HsmintError) throw error;
-      const ckr = error instanceof Error ? error.message.split(':')[0] : 'unknown';
-      this.tokenFault = `signing failed: ${ckr}`;
+      const tokenFailed = !(error instanceof HsmintError) || error.code === 'ERR_HSM_UNAVAILABLE';
+      if (!tokenFailed) throw error;
+      const ckr = error instanceof HsmintError ? error.details?.['ckr'] : undefined;
+      this.tokenFault = `signing failed${typeof ckr === 'string' ? `: ${ckr}` : ''}`;
       // The CKR detail goes to the log; the client only learns that the token failed.
       this.logger.error(
-        { event: 'token.error', kid: this.active.kid, err: error },
+        { event: 'token.error', kid: this.active.kid, ckr, err: error },
         'signing on the token failed',
       );
       throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign; see the daemon log', {

@@ -230,11 +230,20 @@ export class Pkcs11KeyStore implements KeyStore {
       ? createHash(scheme.prehash).update(signingInput).digest()
       : signingInput;
     const lib = this.token.raw;
-    return this.token.withSession(async (session) => {
-      lib.C_SignInit(session, scheme.sign, key.privateKey);
-      // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
-      return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
-    });
+    try {
+      return await this.token.withSession(async (session) => {
+        lib.C_SignInit(session, scheme.sign, key.privateKey);
+        // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
+        return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
+      });
+    } catch (cause) {
+      if (cause instanceof HsmintError) throw cause;
+      const ckr = ckrName(cause) ?? 'unknown error';
+      throw new HsmintError('ERR_HSM_UNAVAILABLE', `signing with ${kid} failed: ${ckr}`, {
+        cause,
+        details: { ckr },
+      });
+    }
   }
 
   async destroy(kid: string): Promise<void> {

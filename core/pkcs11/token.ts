@@ -94,13 +94,26 @@ export function findSlot(module: graphene.Module, selector: TokenSelector): grap
   return matches[0]!;
 }
 
+const CKR_MESSAGE = /^(CKR_\w+):(\d+)/;
+
+/**
+ * The CKR code of a PKCS#11 failure. Some pkcs11js calls throw a plain Error whose message is
+ * "CKR_NAME:code" rather than a Pkcs11Error, so the message is read too.
+ */
+export function ckrCode(error: unknown): number | undefined {
+  if (error instanceof pkcs11js.Pkcs11Error) return error.code;
+  const match = error instanceof Error ? CKR_MESSAGE.exec(error.message) : null;
+  return match ? Number(match[2]) : undefined;
+}
+
 export function isCkr(error: unknown, code: number): boolean {
-  return error instanceof pkcs11js.Pkcs11Error && error.code === code;
+  return ckrCode(error) === code;
 }
 
 /** The CKR name of a PKCS#11 failure, for logs (never for clients). */
 export function ckrName(error: unknown): string | undefined {
-  return error instanceof pkcs11js.Pkcs11Error ? error.message.split(':')[0] : undefined;
+  const match = error instanceof Error ? CKR_MESSAGE.exec(error.message) : null;
+  return match?.[1];
 }
 
 /**
@@ -194,7 +207,8 @@ export class Pkcs11Token {
     try {
       return await work(session);
     } catch (error) {
-      if (error instanceof pkcs11js.Pkcs11Error && SESSION_LOST.has(error.code)) {
+      const code = ckrCode(error);
+      if (code !== undefined && SESSION_LOST.has(code)) {
         replacement = this.replaceSession(session);
       }
       throw error;

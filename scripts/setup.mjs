@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+// Makes a fresh clone ready: system packages (SoftHSM, a C++ toolchain for the pkcs11js
+// addon) and npm dependencies. Plain Node, no dependencies: it runs before `npm install`.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const say = (line) => process.stderr.write(`setup: ${line}\n`);
+
+const major = Number(process.versions.node.split('.')[0]);
+if (major < 20) {
+  say(`hsmint needs Node.js >= 20; this is ${process.versions.node}`);
+  process.exit(1);
+}
+
+function softhsmModule() {
+  const profile = readFileSync(join(root, 'hsm-profiles', 'softhsm.yaml'), 'utf8');
+  const candidates = [...profile.matchAll(/^\s+-\s+(\/\S+\.so)/gm)].map((m) => m[1]);
+  return candidates.find((path) => existsSync(path));
+}
+
+const onPath = (tool) =>
+  spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
+
+const missing = [];
+if (!softhsmModule()) missing.push('softhsm2');
+if (!onPath('g++') || !onPath('make')) missing.push('build-essential');
+if (!onPath('python3')) missing.push('python3');
+
+if (missing.length > 0) {
+  const command = `apt-get install -y ${missing.join(' ')}`;
+  const isRoot = process.getuid?.() === 0;
+  const canSudo =
+    !isRoot &&
+    onPath('sudo') &&
+    spawnSync('sudo', ['-n', 'true'], { stdio: 'ignore' }).status === 0;
+  if (!onPath('apt-get') || (!isRoot && !canSudo)) {
+    say(`missing system packages: ${missing.join(', ')}. Run this once, then try again:`);
+    process.stderr.write(`\n    sudo apt-get update && sudo ${command}\n\n`);
+    process.exit(1);
+  }
+  const prefix = isRoot ? [] : ['sudo', '-n'];
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  say(`installing ${missing.join(', ')} with apt-get`);
+  for (const args of [
+    ['apt-get', 'update'],
+    ['apt-get', 'install', '-y', ...missing],
+  ]) {
+    const [cmd, ...rest] = [...prefix, ...args];
+    execFileSync(cmd, rest, { stdio: 'inherit', env });
+  }
+}
+
+// npm dependencies: install when absent or older than the lock file.
+const installed = join(root, 'node_modules', '.package-lock.json');
+const lock = join(root, 'package-lock.json');
+const stale =
+  !existsSync(installed) ||
+  (existsSync(lock) && statSync(lock).mtimeMs > statSync(installed).mtimeMs);
+const addon = join(root, 'node_modules', 'pkcs11js', 'build', 'Release', 'pkcs11.node');
+if (stale || !existsSync(addon)) {
+  say('installing npm dependencies');
+  execFileSync('npm', [existsSync(lock) ? 'ci' : 'install', '--no-audit', '--no-fund'], {
+    cwd: root,
+    stdio: 'inherit',
+  });
+}
+if (!existsSync(addon)) {
+  say('building the pkcs11js addon');
+  execFileSync('npm', ['rebuild', 'pkcs11js'], { cwd: root, stdio: 'inherit' });
+}
