@@ -37,19 +37,15 @@ export function createProgram(context: CliContext): Command {
   }
   // Usage errors in subcommands exit 2 like the root's.
   for (const command of program.commands) {
-    command
-      .exitOverride()
-      .configureOutput({
+    command.exitOverride().configureOutput({
+      writeOut: (text) => context.io.stdout.write(text),
+      writeErr: (text) => context.io.stderr.write(text),
+    });
+    for (const sub of command.commands)
+      sub.exitOverride().configureOutput({
         writeOut: (text) => context.io.stdout.write(text),
         writeErr: (text) => context.io.stderr.write(text),
       });
-    for (const sub of command.commands)
-      sub
-        .exitOverride()
-        .configureOutput({
-          writeOut: (text) => context.io.stdout.write(text),
-          writeErr: (text) => context.io.stderr.write(text),
-        });
   }
   return program;
 }

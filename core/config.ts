@@ -26,7 +26,8 @@ export interface Config {
     module: string | undefined;
     token: Pkcs11Uri;
     pinFile: string;
-    sessions: number;
+    /** Signing sessions; undefined takes the profile's number (a YubiKey takes one at a time). */
+    sessions: number | undefined;
     environment: Record<string, string>;
   };
   keys: { algorithm: Algorithm; rsaBits: RsaKeySize };
@@ -39,7 +40,6 @@ export const DEFAULTS = {
   socketPath: '/run/hsmint/hsmint.sock',
   socketMode: 0o660,
   profile: 'softhsm',
-  sessions: 4,
   algorithm: DEFAULT_ALGORITHM,
   rsaBits: 3072 as RsaKeySize,
   defaultTtl: '5m',
@@ -286,7 +286,10 @@ export function parseConfig(text: string, file: string): Config {
       module: moduleText === undefined ? undefined : absolute(moduleText),
       token,
       pinFile: absolute(pinFileText),
-      sessions: read.integer(['hsm', 'sessions'], DEFAULTS.sessions, 1, 64),
+      sessions:
+        read.value(['hsm', 'sessions']) === undefined
+          ? undefined
+          : read.integer(['hsm', 'sessions'], 1, 1, 64),
       environment: read.stringMap(['hsm', 'environment']),
     },
     keys: {

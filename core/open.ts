@@ -10,6 +10,11 @@ export function resolveModule(config: Config): string {
   return config.hsm.module ?? findModule(loadProfile(config.hsm.profile));
 }
 
+/** hsm.sessions, else what the profile says the device takes. */
+export function sessionCount(config: Config): number {
+  return config.hsm.sessions ?? loadProfile(config.hsm.profile).sessions;
+}
+
 /**
  * Opens the configured token and its hsmint key store: reads the PIN file, loads the module,
  * logs in, and checks that the token offers the configured algorithm's mechanisms.
@@ -22,7 +27,7 @@ export async function openKeyStore(
     modulePath: resolveModule(config),
     selector: config.hsm.token,
     pin,
-    sessions: config.hsm.sessions,
+    sessions: sessionCount(config),
     environment: config.hsm.environment,
   });
   const offered = token.mechanisms();

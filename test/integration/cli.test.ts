@@ -1,0 +1,183 @@
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  hsmint,
+  makeToken,
+  startDaemon,
+  type RunningDaemon,
+  type TestToken,
+} from './support/harness.js';
+
+describe('the hsmint CLI against a running daemon', () => {
+  let token: TestToken;
+  let daemon: RunningDaemon;
+  let socket: string[];
+
+  beforeAll(async () => {
+    token = await makeToken('ES256');
+    daemon = await startDaemon(token);
+    socket = ['--socket', token.socket];
+  });
+  afterAll(async () => {
+    await daemon?.stop();
+    await token?.cleanup();
+  });
+
+  it('mint prints the bare token, and --json the whole answer', async () => {
+    const plain = await hsmint([
+      ...socket,
+      'mint',
+      '--aud',
+      'api',
+      '--sub',
+      'svc:cli',
+      '--ttl',
+      '90s',
+      '--scope',
+      'read',
+      '--claim',
+      'team=ops',
+    ]);
+    expect(plain.code).toBe(0);
+    expect(plain.stdout.trim()).toMatch(/^[\w-]+\.[\w-]+\.[\w-]+$/);
+    const json = await hsmint([...socket, '--json', 'mint', '--aud', 'api']);
+    expect(json.code).toBe(0);
+    const minted = JSON.parse(json.stdout);
+    expect(minted).toMatchObject({ alg: 'ES256', kid: token.kid });
+    expect(minted.exp - minted.iat).toBe(300);
+
+    const verified = await hsmint([...socket, 'verify', plain.stdout.trim(), '--aud', 'api']);
+    expect(verified.code).toBe(0);
+    expect(JSON.parse(verified.stdout).claims).toMatchObject({
+      sub: 'svc:cli',
+      scope: 'read',
+      team: 'ops',
+    });
+  });
+
+  it('HSMINT_SOCKET stands in for --socket', async () => {
+    const result = await hsmint(['mint', '--aud', 'api'], { env: { HSMINT_SOCKET: token.socket } });
+    expect(result.code).toBe(0);
+  });
+
+  it('verify exits 0 valid, 1 invalid, 2 on errors, and reads stdin with -', async () => {
+    const minted = (await hsmint([...socket, 'mint', '--aud', 'api'])).stdout.trim();
+    expect((await hsmint([...socket, 'verify', '-'], { input: `${minted}\n` })).code).toBe(0);
+
+    const wrongAudience = await hsmint([...socket, 'verify', minted, '--aud', 'billing']);
+    expect(wrongAudience.code).toBe(1);
+    expect(JSON.parse(wrongAudience.stdout).error.code).toBe('ERR_TOKEN_AUDIENCE_MISMATCH');
+    expect((await hsmint([...socket, 'verify', 'not.a.token'])).code).toBe(1);
+
+    const unreachable = await hsmint([
+      '--socket',
+      join(token.dir, 'nothing.sock'),
+      'verify',
+      minted,
+    ]);
+    expect(unreachable.code).toBe(2);
+    expect(JSON.parse(unreachable.stderr).error.code).toBe('ERR_DAEMON_UNREACHABLE');
+  });
+
+  it('reports daemon refusals with their code and exit 2', async () => {
+    const result = await hsmint([...socket, 'mint', '--aud', 'api', '--ttl', '3h']);
+    expect(result.code).toBe(2);
+    expect(JSON.parse(result.stderr).error.code).toBe('ERR_TTL_TOO_LONG');
+  });
+
+  it('exits 2 on usage errors', async () => {
+    expect((await hsmint(['mint'])).code).toBe(2);
+    expect((await hsmint(['no-such-command'])).code).toBe(2);
+    expect((await hsmint([...socket, 'mint', '--aud', 'api', '--claim', 'novalue'])).code).toBe(2);
+    expect((await hsmint(['--help'])).code).toBe(0);
+  });
+
+  it('jwks prints the keys, or writes them atomically with --out', async () => {
+    const printed = await hsmint([...socket, 'jwks']);
+    expect(printed.code).toBe(0);
+    expect(JSON.parse(printed.stdout).keys[0]).toMatchObject({
+      kid: token.kid,
+      alg: 'ES256',
+      use: 'sig',
+      kty: 'EC',
+      crv: 'P-256',
+    });
+    const out = join(token.dir, 'jwks.json');
+    expect((await hsmint([...socket, 'jwks', '--out', out])).code).toBe(0);
+    expect(JSON.parse(await readFile(out, 'utf8'))).toEqual(JSON.parse(printed.stdout));
+    expect((await stat(out)).mode & 0o777).toBe(0o644);
+  });
+
+  it('status shows health', async () => {
+    const result = await hsmint([...socket, 'status']);
+    expect(result.code).toBe(0);
+    expect(JSON.parse(result.stdout)).toMatchObject({
+      status: 'ok',
+      active_kid: token.kid,
+      algorithm: 'ES256',
+      token: { label: token.label },
+    });
+  });
+
+  it('keys list and keys create work offline on the token from the config', async () => {
+    const created = await hsmint(['keys', 'create', '--alg', 'EdDSA', '--config', token.config]);
+    expect(created.code).toBe(0);
+    const kid = JSON.parse(created.stdout).kid as string;
+    const listed = JSON.parse((await hsmint(['keys', 'list', '--config', token.config])).stdout)
+      .keys as Array<{ kid: string; alg: string; active: boolean }>;
+    expect(listed).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ kid: token.kid, alg: 'ES256', active: true }),
+        expect.objectContaining({ kid, alg: 'EdDSA', active: false }),
+      ]),
+    );
+    // The running daemon picks the new key up on SIGHUP and publishes it.
+    daemon.process.kill('SIGHUP');
+    await expect
+      .poll(async () => (await daemon.client.jwks()).keys.map((key) => key.kid), { timeout: 5000 })
+      .toContain(kid);
+    expect(
+      (await hsmint(['keys', 'create', '--alg', 'HS256', '--config', token.config])).code,
+    ).toBe(2);
+  });
+});
+
+describe('hsmint softhsm init', () => {
+  let token: TestToken;
+
+  beforeAll(async () => {
+    token = await makeToken('ES384');
+  });
+  afterAll(async () => {
+    await token?.cleanup();
+  });
+
+  it('writes PINs and config readable by the owner only, and a socket inside DIR', async () => {
+    for (const file of ['pin', 'so-pin', 'hsmint.yaml', 'softhsm2.conf']) {
+      expect((await stat(join(token.dir, file))).mode & 0o777).toBe(0o600);
+    }
+    const pin = (await readFile(token.pinFile, 'utf8')).trim();
+    expect(pin).toMatch(/^\d{12}$/);
+    const config = await readFile(token.config, 'utf8');
+    expect(config).toContain(join(token.dir, 'hsmint.sock'));
+    expect(config).toContain(join(token.dir, 'softhsm2.conf'));
+    expect(config).not.toContain(pin);
+  });
+
+  it('refuses a DIR that already holds a token', async () => {
+    const again = await hsmint(['softhsm', 'init', '--dir', token.dir]);
+    expect(again.code).toBe(2);
+    expect(JSON.parse(again.stderr).error.code).toBe('ERR_ALREADY_INITIALIZED');
+  });
+
+  it('gives a config the daemon starts from as it is', async () => {
+    const daemon = await startDaemon(token);
+    try {
+      const minted = await daemon.client.mint({ aud: 'api' });
+      expect(minted.alg).toBe('ES384');
+    } finally {
+      await daemon.stop();
+    }
+  });
+});

@@ -1,0 +1,134 @@
+import { spawn } from 'node:child_process';
+import { chmod, stat, writeFile } from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DAEMON, makeToken, startDaemon, type TestToken } from './support/harness.js';
+
+/** Runs hsmintd expecting it to refuse to start; returns its exit code and JSON log lines. */
+async function failedStart(
+  config: string,
+): Promise<{ code: number | null; lines: Array<Record<string, unknown>> }> {
+  const child = spawn(process.execPath, [DAEMON, '--config', config], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(timer);
+  const lines = output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  return { code, lines };
+}
+
+const startFailure = (lines: Array<Record<string, unknown>>) =>
+  lines.find((line) => line['event'] === 'daemon.start_failed');
+
+describe('hsmintd start-up', () => {
+  let token: TestToken;
+
+  beforeAll(async () => {
+    token = await makeToken('ES256');
+  });
+  afterAll(async () => {
+    await token?.cleanup();
+  });
+
+  it('creates the socket with its configured mode, and refuses to start beside a live daemon', async () => {
+    const first = await startDaemon(token);
+    try {
+      const info = await stat(token.socket);
+      expect(info.isSocket()).toBe(true);
+      expect(info.mode & 0o777).toBe(0o600);
+      const second = await failedStart(token.config);
+      expect(second.code).toBe(1);
+      expect(startFailure(second.lines)?.['code']).toBe('ERR_SOCKET_IN_USE');
+      // The first daemon is untouched.
+      expect((await first.client.health()).status).toBe('ok');
+    } finally {
+      await first.stop();
+    }
+  });
+
+  it('replaces a stale socket that nothing listens on', async () => {
+    // A socket file left by a process that was killed with -9 and could not clean up.
+    const holder = spawn(
+      process.execPath,
+      [
+        '-e',
+        `require('node:net').createServer().listen(${JSON.stringify(token.socket)}, () => console.log('up'))`,
+      ],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    await new Promise((resolve) => holder.stdout.once('data', resolve));
+    holder.kill('SIGKILL');
+    await new Promise((resolve) => holder.once('exit', resolve));
+    expect((await stat(token.socket)).isSocket()).toBe(true);
+    const daemon = await startDaemon(token);
+    try {
+      expect((await daemon.client.health()).status).toBe('ok');
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it('refuses to remove a path that is not a socket', async () => {
+    await writeFile(token.socket, 'not a socket');
+    try {
+      const result = await failedStart(token.config);
+      expect(result.code).toBe(1);
+      expect(startFailure(result.lines)?.['code']).toBe('ERR_SOCKET_PATH_INVALID');
+    } finally {
+      const { rm } = await import('node:fs/promises');
+      await rm(token.socket, { force: true });
+    }
+  });
+
+  it('refuses a PIN file that others can read', async () => {
+    await chmod(token.pinFile, 0o644);
+    try {
+      const result = await failedStart(token.config);
+      expect(result.code).toBe(1);
+      expect(startFailure(result.lines)?.['code']).toBe('ERR_PIN_FILE_INSECURE');
+    } finally {
+      await chmod(token.pinFile, 0o600);
+    }
+  });
+
+  it('reports a wrong PIN without logging either PIN', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const real = await readFile(token.pinFile, 'utf8');
+    await writeFile(token.pinFile, '000000000000\n', { mode: 0o600 });
+    try {
+      const result = await failedStart(token.config);
+      expect(result.code).toBe(1);
+      expect(startFailure(result.lines)?.['code']).toBe('ERR_PIN_INCORRECT');
+      const text = JSON.stringify(result.lines);
+      expect(text).not.toContain('000000000000');
+      expect(text).not.toContain(real.trim());
+    } finally {
+      await writeFile(token.pinFile, real, { mode: 0o600 });
+    }
+  });
+
+  it('refuses a config with an unknown key, naming the path and line', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const original = await readFile(token.config, 'utf8');
+    await writeFile(token.config, `${original}tokens_ttl: 5m\n`, { mode: 0o600 });
+    try {
+      const result = await failedStart(token.config);
+      expect(result.code).toBe(1);
+      const failure = startFailure(result.lines);
+      expect(failure?.['code']).toBe('ERR_CONFIG_INVALID');
+      const line = original.split('\n').length;
+      expect(String(failure?.['msg'])).toContain(`tokens_ttl: unknown key`);
+      expect(String(failure?.['msg'])).toContain(`hsmint.yaml:${line}`);
+    } finally {
+      await writeFile(token.config, original, { mode: 0o600 });
+    }
+  });
+});
