@@ -89,10 +89,16 @@ export class Authority {
     if (JSON.stringify(config.hsm) !== JSON.stringify(this.config.hsm)) restartNeeded.push('hsm');
     if (JSON.stringify(config.socket) !== JSON.stringify(this.config.socket))
       restartNeeded.push('socket');
-    this.config = { ...config, hsm: this.config.hsm, socket: this.config.socket };
+    const previous = this.config;
+    this.config = { ...config, hsm: previous.hsm, socket: previous.socket };
+    try {
+      await this.store.reload();
+      await this.loadKeys();
+    } catch (error) {
+      this.config = previous;
+      throw error;
+    }
     this.verifier.setOptions(this.verifierOptions());
-    await this.store.reload();
-    await this.loadKeys();
     return restartNeeded;
   }
 

@@ -53,23 +53,27 @@ async function start(config: Config, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    // A bad file keeps the running config: a typo must never take the issuer down.
+  // Reloads run one after another; a bad file keeps the running config, since a typo must
+  // never take the issuer down.
+  let reloading = Promise.resolve();
+  const reload = async () => {
     try {
       const next = loadConfig(config.source);
-      void authority.reconfigure(next).then((restartNeeded) => {
-        logger.level = next.log.level;
-        logger.info(
-          { event: 'config.reload', restart_needed: restartNeeded },
-          'configuration reloaded',
-        );
-      });
+      const restartNeeded = await authority.reconfigure(next);
+      logger.level = next.log.level;
+      logger.info(
+        { event: 'config.reload', restart_needed: restartNeeded },
+        'configuration reloaded',
+      );
     } catch (error) {
       logger.error(
         { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
         'reload refused; the old configuration stays',
       );
     }
+  };
+  process.on('SIGHUP', () => {
+    reloading = reloading.then(reload);
   });
 }
 

@@ -1,6 +1,9 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PassThrough, Readable } from 'node:stream';
+import { runCli } from '../../cli/program.js';
+import type { Io } from '../../cli/output.js';
 import {
   hsmint,
   makeToken,
@@ -8,6 +11,18 @@ import {
   type RunningDaemon,
   type TestToken,
 } from './support/harness.js';
+
+/** Streams that claim to be a terminal, to see what people see. */
+function fakeTerminal(): { io: Io; stdout(): string; stderr(): string } {
+  let out = '';
+  let err = '';
+  const stdout = Object.assign(new PassThrough(), { isTTY: true });
+  const stderr = new PassThrough();
+  stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+  const stdin = Object.assign(Readable.from([]), { isTTY: true });
+  return { io: { stdout, stderr, stdin }, stdout: () => out, stderr: () => err };
+}
 
 describe('the hsmint CLI against a running daemon', () => {
   let token: TestToken;
@@ -107,6 +122,33 @@ describe('the hsmint CLI against a running daemon', () => {
     expect((await hsmint([...socket, 'jwks', '--out', out])).code).toBe(0);
     expect(JSON.parse(await readFile(out, 'utf8'))).toEqual(JSON.parse(printed.stdout));
     expect((await stat(out)).mode & 0o777).toBe(0o644);
+  });
+
+  it('prints for people on a terminal', async () => {
+    const terminal = fakeTerminal();
+    expect(await runCli([...socket, 'status'], terminal.io)).toBe(0);
+    expect(terminal.stdout()).toMatch(/^status +ok$/m);
+    expect(terminal.stdout()).toContain(`active key  ${token.kid} (ES256)`);
+
+    const minted = (await daemon.client.mint({ aud: 'api', sub: 'svc:people' })).token;
+    const valid = fakeTerminal();
+    expect(await runCli([...socket, 'verify', minted], valid.io)).toBe(0);
+    expect(valid.stdout()).toMatch(
+      /^valid {2}kid=\S+ aud="api" sub=svc:people jti=\S+ {2}expires in \d+[sm]\n$/,
+    );
+
+    const invalid = fakeTerminal();
+    expect(await runCli([...socket, 'verify', 'a.b.c'], invalid.io)).toBe(1);
+    expect(invalid.stdout()).toMatch(/^invalid {2}ERR_TOKEN_/);
+
+    const failing = fakeTerminal();
+    expect(await runCli(['--socket', join(token.dir, 'none.sock'), 'status'], failing.io)).toBe(2);
+    expect(failing.stderr()).toMatch(/^hsmint: .*\(ERR_DAEMON_UNREACHABLE\)\n$/);
+
+    const keys = fakeTerminal();
+    expect(await runCli(['keys', 'list', '--config', token.config], keys.io)).toBe(0);
+    expect(keys.stdout().split('\n')[0]).toMatch(/^KID +ALG +CREATED +STATE +LABEL$/);
+    expect(keys.stdout()).toContain(token.kid);
   });
 
   it('status shows health', async () => {
