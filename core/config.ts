@@ -213,7 +213,7 @@ export function parseConfig(text: string, file: string): Config {
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const problem = doc.errors[0];
   if (problem) {
-    const line = problem.linePos?.[0]?.line;
+    const line = lines.linePos(problem.pos[0]).line;
     throw new HsmintError(
       'ERR_CONFIG_INVALID',
       `${problem.message.split('\n')[0]} (${basename(file)}${line ? `:${line}` : ''})`,
@@ -287,7 +287,7 @@ export function parseConfig(text: string, file: string): Config {
       token,
       pinFile: absolute(pinFileText),
       sessions:
-        read.value(['hsm', 'sessions']) === undefined
+        read.value(['hsm', 'sessions']) == null
           ? undefined
           : read.integer(['hsm', 'sessions'], 1, 1, 64),
       environment: read.stringMap(['hsm', 'environment']),

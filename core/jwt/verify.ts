@@ -104,6 +104,10 @@ export class TokenVerifier {
       ) {
         return fail('ERR_TOKEN_NOT_YET_VALID', 'iat is in the future');
       }
+      // Revocation and audit key on the jti: it must be a real identifier, not just present.
+      if (typeof payload.jti !== 'string' || payload.jti === '' || payload.jti.length > 256) {
+        return fail('ERR_TOKEN_CLAIM_INVALID', 'jti must be a non-empty string');
+      }
       return { valid: true, header: protectedHeader, claims: payload };
     } catch (error) {
       return classify(error);

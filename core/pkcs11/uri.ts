@@ -47,11 +47,35 @@ function invalid(uri: string, why: string): HsmintError {
   );
 }
 
-function decode(uri: string, value: string): string {
-  // RFC 7512 allows only percent-encoding; a bare "%" or a bad sequence is an error, not literal.
-  if (/%(?![0-9a-fA-F]{2})/.test(value)) throw invalid(uri, 'bad percent-encoding');
-  return decodeURIComponent(value);
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** RFC 7512 values are percent-encoded bytes; a bare "%" or a bad escape is an error, not literal. */
+function decodeBytes(uri: string, value: string): Buffer {
+  const bytes: number[] = [];
+  for (let i = 0; i < value.length; i++) {
+    if (value[i] !== '%') {
+      bytes.push(...Buffer.from(value[i]!, 'utf8'));
+      continue;
+    }
+    const hex = value.slice(i + 1, i + 3);
+    if (!/^[0-9a-fA-F]{2}$/.test(hex)) throw invalid(uri, 'bad percent-encoding');
+    bytes.push(parseInt(hex, 16));
+    i += 2;
+  }
+  return Buffer.from(bytes);
 }
+
+function decodeText(uri: string, value: string): string {
+  try {
+    return strictUtf8.decode(decodeBytes(uri, value));
+  } catch (error) {
+    if (error instanceof HsmintError) throw error;
+    throw invalid(uri, 'a value is not UTF-8');
+  }
+}
+
+/** Token-info fields are 32 bytes (label, manufacturer, model) or 16 (serial) of UTF-8. */
+const FIELD_BYTES: Record<string, number> = { token: 32, manufacturer: 32, model: 16, serial: 16 };
 
 /** Parses an RFC 7512 PKCS#11 URI, refusing what hsmint must never accept. */
 export function parsePkcs11Uri(uri: string): Pkcs11Uri {
@@ -76,7 +100,15 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
     if (!allowed.has(name)) throw invalid(uri, `unknown attribute "${name}"`);
     if (seen.has(name)) throw invalid(uri, `attribute "${name}" repeated`);
     seen.add(name);
-    const value = decode(uri, raw);
+    if (name === 'id') {
+      result.id = decodeBytes(uri, raw);
+      return;
+    }
+    const value = decodeText(uri, raw);
+    const limit = FIELD_BYTES[name];
+    if (limit !== undefined && Buffer.byteLength(value) > limit) {
+      throw invalid(uri, `"${name}" is longer than the ${limit} bytes a token holds`);
+    }
     switch (name) {
       case 'token':
         result.token = value;
@@ -92,9 +124,6 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
         break;
       case 'object':
         result.object = value;
-        break;
-      case 'id':
-        result.id = Buffer.from(value, 'latin1');
         break;
       case 'type':
         if (!TYPES.has(value)) throw invalid(uri, `unknown type "${value}"`);
@@ -122,8 +151,8 @@ export function parseTokenReference(reference: string): Pkcs11Uri {
     }
     return uri;
   }
-  if (reference === '' || reference.length > 32) {
-    throw new HsmintError('ERR_PKCS11_URI_INVALID', 'a token label is 1 to 32 characters');
+  if (reference === '' || Buffer.byteLength(reference) > 32) {
+    throw new HsmintError('ERR_PKCS11_URI_INVALID', 'a token label is 1 to 32 bytes');
   }
   return { token: reference };
 }
