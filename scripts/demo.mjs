@@ -46,6 +46,12 @@ function show(command, output) {
   process.stdout.write(`\n$ ${command}\n${output.trimEnd()}\n`);
 }
 
+/** Runs a CLI command on this terminal, so it prints for people when there is one. */
+function showLive(command, args) {
+  process.stdout.write(`\n$ ${command}\n`);
+  execFileSync(process.execPath, [cli, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
+}
+
 if (process.argv.includes('--stop')) {
   const stopped = await stopDaemon();
   process.stdout.write(stopped ? 'hsmintd stopped\n' : 'hsmintd was not running\n');
@@ -61,12 +67,14 @@ if (Buffer.byteLength(socket) > 107) {
 await stopDaemon(); // a daemon from an earlier demo would still run the old build
 
 if (!existsSync(config)) {
-  show(
-    'hsmint softhsm init --dir var',
-    execFileSync(process.execPath, [cli, 'softhsm', 'init', '--dir', dir, '--audience', 'demo'], {
-      encoding: 'utf8',
-    }),
-  );
+  showLive('hsmint softhsm init --dir var', [
+    'softhsm',
+    'init',
+    '--dir',
+    dir,
+    '--audience',
+    'demo',
+  ]);
 }
 
 const log = openSync(logFile, 'a');
@@ -95,7 +103,7 @@ if (!ready) {
   process.exit(1);
 }
 process.stdout.write(`\nhsmintd is running on ${socket} (pid ${child.pid}, log ${logFile})\n`);
-show('hsmint status', hsmint(['status']));
+showLive('hsmint status', ['--socket', socket, 'status']);
 const token = hsmint([
   'mint',
   '--aud',
@@ -108,7 +116,14 @@ const token = hsmint([
   'read',
 ]).trim();
 show('hsmint mint --aud demo --sub demo-user --ttl 2m --scope read', token);
-show('hsmint verify "$TOKEN" --aud demo', hsmint(['verify', token, '--aud', 'demo', '--json']));
+showLive('hsmint verify "$TOKEN" --aud demo', [
+  '--socket',
+  socket,
+  'verify',
+  token,
+  '--aud',
+  'demo',
+]);
 process.stdout.write(
   [
     '',
