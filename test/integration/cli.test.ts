@@ -8,6 +8,7 @@ import {
   hsmint,
   makeToken,
   startDaemon,
+  useDaemon,
   type RunningDaemon,
   type TestToken,
 } from './support/harness.js';
@@ -25,18 +26,11 @@ function fakeTerminal(): { io: Io; stdout(): string; stderr(): string } {
 }
 
 describe('the hsmint CLI against a running daemon', () => {
-  let token: TestToken;
-  let daemon: RunningDaemon;
+  const env = useDaemon('ES256');
   let socket: string[];
 
   beforeAll(async () => {
-    token = await makeToken('ES256');
-    daemon = await startDaemon(token);
-    socket = ['--socket', token.socket];
-  });
-  afterAll(async () => {
-    await daemon?.stop();
-    await token?.cleanup();
+    socket = ['--socket', env.token.socket];
   });
 
   it('mint prints the bare token, and --json the whole answer', async () => {
@@ -59,7 +53,7 @@ describe('the hsmint CLI against a running daemon', () => {
     const json = await hsmint([...socket, '--json', 'mint', '--aud', 'api']);
     expect(json.code).toBe(0);
     const minted = JSON.parse(json.stdout);
-    expect(minted).toMatchObject({ alg: 'ES256', kid: token.kid });
+    expect(minted).toMatchObject({ alg: 'ES256', kid: env.token.kid });
     expect(minted.exp - minted.iat).toBe(300);
 
     const verified = await hsmint([...socket, 'verify', plain.stdout.trim(), '--aud', 'api']);
@@ -72,7 +66,9 @@ describe('the hsmint CLI against a running daemon', () => {
   });
 
   it('HSMINT_SOCKET stands in for --socket', async () => {
-    const result = await hsmint(['mint', '--aud', 'api'], { env: { HSMINT_SOCKET: token.socket } });
+    const result = await hsmint(['mint', '--aud', 'api'], {
+      env: { HSMINT_SOCKET: env.token.socket },
+    });
     expect(result.code).toBe(0);
   });
 
@@ -87,7 +83,7 @@ describe('the hsmint CLI against a running daemon', () => {
 
     const unreachable = await hsmint([
       '--socket',
-      join(token.dir, 'nothing.sock'),
+      join(env.token.dir, 'nothing.sock'),
       'verify',
       minted,
     ]);
@@ -112,13 +108,13 @@ describe('the hsmint CLI against a running daemon', () => {
     const printed = await hsmint([...socket, 'jwks']);
     expect(printed.code).toBe(0);
     expect(JSON.parse(printed.stdout).keys[0]).toMatchObject({
-      kid: token.kid,
+      kid: env.token.kid,
       alg: 'ES256',
       use: 'sig',
       kty: 'EC',
       crv: 'P-256',
     });
-    const out = join(token.dir, 'jwks.json');
+    const out = join(env.token.dir, 'jwks.json');
     expect((await hsmint([...socket, 'jwks', '--out', out])).code).toBe(0);
     expect(JSON.parse(await readFile(out, 'utf8'))).toEqual(JSON.parse(printed.stdout));
     expect((await stat(out)).mode & 0o777).toBe(0o644);
@@ -128,9 +124,9 @@ describe('the hsmint CLI against a running daemon', () => {
     const terminal = fakeTerminal();
     expect(await runCli([...socket, 'status'], terminal.io)).toBe(0);
     expect(terminal.stdout()).toMatch(/^status +ok$/m);
-    expect(terminal.stdout()).toContain(`active key  ${token.kid} (ES256)`);
+    expect(terminal.stdout()).toContain(`active key  ${env.token.kid} (ES256)`);
 
-    const minted = (await daemon.client.mint({ aud: 'api', sub: 'svc:people' })).token;
+    const minted = (await env.daemon.client.mint({ aud: 'api', sub: 'svc:people' })).token;
     const valid = fakeTerminal();
     expect(await runCli([...socket, 'verify', minted], valid.io)).toBe(0);
     expect(valid.stdout()).toMatch(
@@ -142,13 +138,15 @@ describe('the hsmint CLI against a running daemon', () => {
     expect(invalid.stdout()).toMatch(/^invalid {2}ERR_TOKEN_/);
 
     const failing = fakeTerminal();
-    expect(await runCli(['--socket', join(token.dir, 'none.sock'), 'status'], failing.io)).toBe(2);
+    expect(await runCli(['--socket', join(env.token.dir, 'none.sock'), 'status'], failing.io)).toBe(
+      2,
+    );
     expect(failing.stderr()).toMatch(/^hsmint: .*\(ERR_DAEMON_UNREACHABLE\)\n$/);
 
     const keys = fakeTerminal();
-    expect(await runCli(['keys', 'list', '--config', token.config], keys.io)).toBe(0);
+    expect(await runCli(['keys', 'list', '--config', env.token.config], keys.io)).toBe(0);
     expect(keys.stdout().split('\n')[0]).toMatch(/^KID +ALG +CREATED +STATE +LABEL$/);
-    expect(keys.stdout()).toContain(token.kid);
+    expect(keys.stdout()).toContain(env.token.kid);
   });
 
   it('status shows health', async () => {
@@ -156,31 +154,40 @@ describe('the hsmint CLI against a running daemon', () => {
     expect(result.code).toBe(0);
     expect(JSON.parse(result.stdout)).toMatchObject({
       status: 'ok',
-      active_kid: token.kid,
+      active_kid: env.token.kid,
       algorithm: 'ES256',
-      token: { label: token.label },
+      token: { label: env.token.label },
     });
   });
 
   it('keys list and keys create work offline on the token from the config', async () => {
-    const created = await hsmint(['keys', 'create', '--alg', 'EdDSA', '--config', token.config]);
+    const created = await hsmint([
+      'keys',
+      'create',
+      '--alg',
+      'EdDSA',
+      '--config',
+      env.token.config,
+    ]);
     expect(created.code).toBe(0);
     const kid = JSON.parse(created.stdout).kid as string;
-    const listed = JSON.parse((await hsmint(['keys', 'list', '--config', token.config])).stdout)
+    const listed = JSON.parse((await hsmint(['keys', 'list', '--config', env.token.config])).stdout)
       .keys as Array<{ kid: string; alg: string; active: boolean }>;
     expect(listed).toEqual(
       expect.arrayContaining([
-        expect.objectContaining({ kid: token.kid, alg: 'ES256', active: true }),
+        expect.objectContaining({ kid: env.token.kid, alg: 'ES256', active: true }),
         expect.objectContaining({ kid, alg: 'EdDSA', active: false }),
       ]),
     );
     // The running daemon picks the new key up on SIGHUP and publishes it.
-    daemon.process.kill('SIGHUP');
+    env.daemon.process.kill('SIGHUP');
     await expect
-      .poll(async () => (await daemon.client.jwks()).keys.map((key) => key.kid), { timeout: 5000 })
+      .poll(async () => (await env.daemon.client.jwks()).keys.map((key) => key.kid), {
+        timeout: 5000,
+      })
       .toContain(kid);
     expect(
-      (await hsmint(['keys', 'create', '--alg', 'HS256', '--config', token.config])).code,
+      (await hsmint(['keys', 'create', '--alg', 'HS256', '--config', env.token.config])).code,
     ).toBe(2);
   });
 });

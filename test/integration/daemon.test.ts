@@ -10,6 +10,7 @@ import {
   makeToken,
   rawRequest,
   startDaemon,
+  useDaemon,
   type RunningDaemon,
   type TestToken,
 } from './support/harness.js';
@@ -17,20 +18,10 @@ import {
 const b64 = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 
 describe.each(ALGORITHMS)('hsmintd on SoftHSM with %s', (alg) => {
-  let token: TestToken;
-  let daemon: RunningDaemon;
-
-  beforeAll(async () => {
-    token = await makeToken(alg);
-    daemon = await startDaemon(token);
-  });
-  afterAll(async () => {
-    await daemon?.stop();
-    await token?.cleanup();
-  });
+  const env = useDaemon(alg);
 
   it('mints a token that the daemon verifies', async () => {
-    const minted = await daemon.client.mint({
+    const minted = await env.daemon.client.mint({
       aud: 'api',
       sub: 'svc:test',
       ttl: '2m',
@@ -38,12 +29,12 @@ describe.each(ALGORITHMS)('hsmintd on SoftHSM with %s', (alg) => {
       claims: { tenant: 't1' },
     });
     expect(minted.alg).toBe(alg);
-    expect(minted.kid).toBe(token.kid);
+    expect(minted.kid).toBe(env.token.kid);
     expect(minted.exp - minted.iat).toBe(120);
-    const result = await daemon.client.verify(minted.token, { aud: 'api' });
+    const result = await env.daemon.client.verify(minted.token, { aud: 'api' });
     expect(result.valid).toBe(true);
     if (!result.valid) return;
-    expect(result.header).toEqual({ alg, typ: 'JWT', kid: token.kid });
+    expect(result.header).toEqual({ alg, typ: 'JWT', kid: env.token.kid });
     expect(result.claims).toMatchObject({
       iss: 'urn:hsmint:test',
       sub: 'svc:test',
@@ -55,8 +46,8 @@ describe.each(ALGORITHMS)('hsmintd on SoftHSM with %s', (alg) => {
   });
 
   it('mints tokens that an outside verifier checks with the JWKS alone', async () => {
-    const minted = await daemon.client.mint({ aud: 'api' });
-    const jwks = await daemon.client.jwks();
+    const minted = await env.daemon.client.mint({ aud: 'api' });
+    const jwks = await env.daemon.client.jwks();
     expect(jwks.keys.every((key) => !('d' in key) && key.use === 'sig')).toBe(true);
     const { payload, protectedHeader } = await jwtVerify(minted.token, createLocalJWKSet(jwks), {
       algorithms: [alg],
@@ -69,18 +60,15 @@ describe.each(ALGORITHMS)('hsmintd on SoftHSM with %s', (alg) => {
 });
 
 describe('verification rejects each bad token with its own code', () => {
-  let token: TestToken;
-  let daemon: RunningDaemon;
+  const env = useDaemon('ES256');
   let good: string;
   /** Tokens signed on the daemon's own key, with times and issuers the daemon would never set. */
   let crafted: { expired: string; future: string; otherIssuer: string };
 
   beforeAll(async () => {
-    token = await makeToken('ES256');
-    daemon = await startDaemon(token);
-    good = (await daemon.client.mint({ aud: 'api' })).token;
+    good = (await env.daemon.client.mint({ aud: 'api' })).token;
     // A second PKCS#11 application on the same token signs the odd tokens in-process.
-    const { store } = await openKeyStore(loadConfig(token.config));
+    const { store } = await openKeyStore(loadConfig(env.token.config));
     try {
       const [key] = await store.list();
       const base = { audience: 'api', ttlSeconds: 60 } as const;
@@ -107,33 +95,29 @@ describe('verification rejects each bad token with its own code', () => {
       await store.close();
     }
   });
-  afterAll(async () => {
-    await daemon?.stop();
-    await token?.cleanup();
-  });
 
   const expectCode = async (candidate: string, code: string, aud?: string) => {
-    const result = await daemon.client.verify(candidate, aud === undefined ? {} : { aud });
+    const result = await env.daemon.client.verify(candidate, aud === undefined ? {} : { aud });
     expect(result.valid).toBe(false);
     if (!result.valid) expect(result.error.code).toBe(code);
   };
 
   it('accepts the good token', async () => {
-    expect((await daemon.client.verify(good, { aud: 'api' })).valid).toBe(true);
+    expect((await env.daemon.client.verify(good, { aud: 'api' })).valid).toBe(true);
   });
 
   it('alg none', async () => {
     const [, payload] = good.split('.');
-    const header = b64({ alg: 'none', typ: 'JWT', kid: token.kid });
+    const header = b64({ alg: 'none', typ: 'JWT', kid: env.token.kid });
     await expectCode(`${header}.${payload}.`, 'ERR_TOKEN_MALFORMED');
     await expectCode(`${header}.${payload}.AAAA`, 'ERR_TOKEN_ALG_NOT_ALLOWED');
   });
 
   it('HS256 signed with the public key', async () => {
-    const jwks = await daemon.client.jwks();
+    const jwks = await env.daemon.client.jwks();
     const secret = JSON.stringify(jwks.keys[0]);
     const [, payload] = good.split('.');
-    const header = b64({ alg: 'HS256', typ: 'JWT', kid: token.kid });
+    const header = b64({ alg: 'HS256', typ: 'JWT', kid: env.token.kid });
     const signature = createHmac('sha256', secret)
       .update(`${header}.${payload}`)
       .digest('base64url');
@@ -190,23 +174,13 @@ describe('verification rejects each bad token with its own code', () => {
 });
 
 describe('bad requests get a 4xx with a stable code and the daemon keeps serving', () => {
-  let token: TestToken;
-  let daemon: RunningDaemon;
-
-  beforeAll(async () => {
-    token = await makeToken('ES256');
-    daemon = await startDaemon(token);
-  });
-  afterAll(async () => {
-    await daemon?.stop();
-    await token?.cleanup();
-  });
+  const env = useDaemon('ES256');
 
   const post = (
     path: string,
     body: string | Buffer,
     headers: Record<string, string> = { 'content-type': 'application/json' },
-  ) => rawRequest(token.socket, { method: 'POST', path, headers, body });
+  ) => rawRequest(env.token.socket, { method: 'POST', path, headers, body });
 
   it.each([
     [
@@ -278,13 +252,13 @@ describe('bad requests get a 4xx with a stable code and the daemon keeps serving
     ],
     [
       'an unknown route',
-      () => rawRequest(token.socket, { method: 'GET', path: '/v1/nothing' }),
+      () => rawRequest(env.token.socket, { method: 'GET', path: '/v1/nothing' }),
       404,
       'ERR_NOT_FOUND',
     ],
     [
       'a wrong method',
-      () => rawRequest(token.socket, { method: 'DELETE', path: '/v1/tokens' }),
+      () => rawRequest(env.token.socket, { method: 'DELETE', path: '/v1/tokens' }),
       405,
       'ERR_METHOD_NOT_ALLOWED',
     ],
@@ -292,16 +266,16 @@ describe('bad requests get a 4xx with a stable code and the daemon keeps serving
     const response = await send();
     expect(response.status).toBe(status);
     expect(response.json.error.code).toBe(code);
-    const health = await daemon.client.health();
+    const health = await env.daemon.client.health();
     expect(health.status).toBe('ok');
-    const minted = await daemon.client.mint({ aud: 'api' });
-    expect((await daemon.client.verify(minted.token)).valid).toBe(true);
+    const minted = await env.daemon.client.mint({ aud: 'api' });
+    expect((await env.daemon.client.verify(minted.token)).valid).toBe(true);
   });
 
   it('answers broken HTTP with 400 and keeps serving', async () => {
     const { connect } = await import('node:net');
     const reply = await new Promise<string>((resolve) => {
-      const socket = connect(token.socket);
+      const socket = connect(env.token.socket);
       let data = '';
       socket.on('data', (chunk) => (data += chunk.toString()));
       socket.on('close', () => resolve(data));
@@ -309,16 +283,16 @@ describe('bad requests get a 4xx with a stable code and the daemon keeps serving
     });
     expect(reply).toMatch(/^HTTP\/1\.1 400/);
     expect(reply).toContain('ERR_INVALID_REQUEST');
-    expect((await daemon.client.health()).status).toBe('ok');
+    expect((await env.daemon.client.health()).status).toBe('ok');
   });
 
   it('never writes a token or the PIN to its log', async () => {
-    const minted = await daemon.client.mint({ aud: 'api' });
-    await daemon.client.verify(minted.token);
+    const minted = await env.daemon.client.mint({ aud: 'api' });
+    await env.daemon.client.verify(minted.token);
     await new Promise((resolve) => setTimeout(resolve, 200));
-    const output = daemon.output();
+    const output = env.daemon.output();
     const { readFile } = await import('node:fs/promises');
-    const pin = (await readFile(token.pinFile, 'utf8')).trim();
+    const pin = (await readFile(env.token.pinFile, 'utf8')).trim();
     expect(output).toContain(minted.jti);
     expect(output).not.toContain(minted.token.split('.')[2]);
     expect(output).not.toContain(minted.token.split('.')[1]);
@@ -328,24 +302,16 @@ describe('bad requests get a 4xx with a stable code and the daemon keeps serving
 });
 
 describe('under load', () => {
-  let token: TestToken;
-  let daemon: RunningDaemon;
-
-  beforeAll(async () => {
-    token = await makeToken('ES256');
-    daemon = await startDaemon(token);
-  });
-  afterAll(async () => {
-    await daemon?.stop();
-    await token?.cleanup();
-  });
+  const env = useDaemon('ES256');
 
   it('answers 500 concurrent mints, each with a unique jti and a valid signature', async () => {
     const minted = await Promise.all(
-      Array.from({ length: 500 }, (_, i) => daemon.client.mint({ aud: 'api', sub: `svc:${i}` })),
+      Array.from({ length: 500 }, (_, i) =>
+        env.daemon.client.mint({ aud: 'api', sub: `svc:${i}` }),
+      ),
     );
     expect(new Set(minted.map((m) => m.jti)).size).toBe(500);
-    const keys = createLocalJWKSet(await daemon.client.jwks());
+    const keys = createLocalJWKSet(await env.daemon.client.jwks());
     for (const [i, m] of minted.entries()) {
       const { payload } = await jwtVerify(m.token, keys, {
         algorithms: ['ES256'],
@@ -355,18 +321,20 @@ describe('under load', () => {
       expect(payload.sub).toBe(`svc:${i}`);
     }
     const checks = await Promise.all(
-      minted.slice(0, 100).map((m) => daemon.client.verify(m.token, { aud: 'api' })),
+      minted.slice(0, 100).map((m) => env.daemon.client.verify(m.token, { aud: 'api' })),
     );
     expect(checks.every((check) => check.valid)).toBe(true);
   });
 
   it('drains in-flight mints on SIGTERM, then closes the token and removes the socket', async () => {
-    const client = new HsmintClient({ socketPath: token.socket });
+    const client = new HsmintClient({ socketPath: env.token.socket });
     await client.health(); // connections are open before the signal
-    const exited = new Promise<number | null>((resolve) => daemon.process.once('exit', resolve));
+    const exited = new Promise<number | null>((resolve) =>
+      env.daemon.process.once('exit', resolve),
+    );
     const inFlight = Array.from({ length: 50 }, () => client.mint({ aud: 'api' }));
     await new Promise((resolve) => setTimeout(resolve, 5));
-    daemon.process.kill('SIGTERM');
+    env.daemon.process.kill('SIGTERM');
     const results = await Promise.allSettled(inFlight);
     client.close();
     const answered = results.filter((result) => result.status === 'fulfilled');
@@ -380,7 +348,7 @@ describe('under load', () => {
     expect(answered.length).toBeGreaterThan(0);
     expect(await exited).toBe(0);
     const { existsSync } = await import('node:fs');
-    expect(existsSync(token.socket)).toBe(false);
-    expect(daemon.logs().some((line) => line['event'] === 'daemon.stop')).toBe(true);
+    expect(existsSync(env.token.socket)).toBe(false);
+    expect(env.daemon.logs().some((line) => line['event'] === 'daemon.stop')).toBe(true);
   });
 });

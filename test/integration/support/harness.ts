@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { parse, stringify } from 'yaml';
+import { afterAll, beforeAll } from 'vitest';
 import { HsmintClient } from '../../../core/client/index.js';
 import type { Algorithm } from '../../../core/keys/algorithms.js';
 
@@ -188,4 +189,34 @@ export async function rawRequest(
     req.on('error', reject);
     req.end(init.body);
   });
+}
+
+/**
+ * A token and a daemon on it for the enclosing describe block: made in beforeAll, stopped and
+ * removed in afterAll. Read `token` and `daemon` inside tests, not at collection time.
+ */
+export function useDaemon(
+  alg: Algorithm = 'ES256',
+  overrides?: (config: Record<string, any>) => void,
+): { readonly token: TestToken; readonly daemon: RunningDaemon } {
+  let token: TestToken | undefined;
+  let daemon: RunningDaemon | undefined;
+  beforeAll(async () => {
+    token = await makeToken(alg, overrides);
+    daemon = await startDaemon(token);
+  });
+  afterAll(async () => {
+    await daemon?.stop();
+    await token?.cleanup();
+  });
+  return {
+    get token() {
+      if (!token) throw new Error('useDaemon: the token exists only inside tests');
+      return token;
+    },
+    get daemon() {
+      if (!daemon) throw new Error('useDaemon: the daemon exists only inside tests');
+      return daemon;
+    },
+  };
 }

@@ -1,15 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { formatDuration, parseDuration } from '../../../core/duration.js';
-import { HsmintError } from '../../../core/errors.js';
-
-function codeOf(run: () => unknown): string | undefined {
-  try {
-    run();
-  } catch (error) {
-    return error instanceof HsmintError ? error.code : `not an HsmintError: ${String(error)}`;
-  }
-  return undefined;
-}
+import { codeOf } from '../../support/codes.js';
 
 describe('parseDuration', () => {
   it.each([

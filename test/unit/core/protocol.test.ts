@@ -1,15 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { HsmintError } from '../../../core/errors.js';
 import { parseMintRequest, parseVerifyRequest } from '../../../core/protocol.js';
-
-function codeOf(run: () => unknown): string | undefined {
-  try {
-    run();
-  } catch (error) {
-    return error instanceof HsmintError ? error.code : `not an HsmintError: ${String(error)}`;
-  }
-  return undefined;
-}
+import { codeOf } from '../../support/codes.js';
 
 /** `levels` objects nested inside one another, built without recursion. */
 function nestedObject(levels: number): Record<string, unknown> {

@@ -1,28 +1,12 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { parseConfig, type Config } from '../../../core/config.js';
 import { HsmintError } from '../../../core/errors.js';
 import { Authority } from '../../../daemon/authority.js';
+import { testConfig } from '../../support/config.js';
 import { MemoryKeyStore } from '../../support/memory-keystore.js';
 
 const NOW = new Date('2026-11-28T14:00:00Z');
 const NOW_S = NOW.getTime() / 1000;
-
-function config(extra = ''): Config {
-  return parseConfig(
-    [
-      'issuer: urn:test',
-      'hsm:',
-      '  token: t',
-      '  pin_file: /etc/hsmint/pin',
-      'tokens:',
-      '  audiences: [api, other]',
-      '  max_ttl: 1h',
-      extra,
-    ].join('\n'),
-    '/etc/hsmint/hsmint.yaml',
-  );
-}
 
 async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
   try {
@@ -41,7 +25,7 @@ describe('Authority', () => {
   beforeEach(async () => {
     store = new MemoryKeyStore({ now: () => NOW });
     authority = await Authority.create({
-      config: config(),
+      config: testConfig(),
       store,
       token: { label: 't', serial: '1' },
       logger: pino({ level: 'silent' }),
@@ -60,7 +44,7 @@ describe('Authority', () => {
     it('generates a key of another configured algorithm', async () => {
       const eddsaStore = new MemoryKeyStore();
       const eddsa = await Authority.create({
-        config: config('keys:\n  algorithm: EdDSA'),
+        config: testConfig('keys:\n  algorithm: EdDSA'),
         store: eddsaStore,
         token: { label: 't', serial: '1' },
         logger: pino({ level: 'silent' }),
@@ -74,7 +58,7 @@ describe('Authority', () => {
       await existing.generate('ES256');
       const newest = await existing.generate('ES256');
       const reused = await Authority.create({
-        config: config(),
+        config: testConfig(),
         store: existing,
         token: { label: 't', serial: '1' },
         logger: pino({ level: 'silent' }),
@@ -175,7 +159,7 @@ describe('Authority', () => {
     it('lists the public keys only', async () => {
       await store.generate('ES256');
       const rsa = await store.generate('RS256');
-      await authority.reconfigure(config());
+      await authority.reconfigure(testConfig());
       const { keys } = authority.jwks();
       expect(keys).toHaveLength(3);
       expect(keys.map((key) => key.kid)).toContain(rsa.kid);
@@ -203,7 +187,7 @@ describe('Authority', () => {
 
   describe('reconfigure', () => {
     it('applies new token limits and reports sections that need a restart', async () => {
-      const next = config('socket:\n  path: /run/other.sock');
+      const next = testConfig('socket:\n  path: /run/other.sock');
       const restart = await authority.reconfigure({
         ...next,
         tokens: { ...next.tokens, audiences: ['api', 'other', 'third'] },

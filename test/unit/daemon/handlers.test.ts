@@ -1,25 +1,14 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { parseConfig } from '../../../core/config.js';
 import { HsmintError } from '../../../core/errors.js';
 import type { JwksResponse, MintResponse } from '../../../core/protocol.js';
 import { Authority } from '../../../daemon/authority.js';
 import { createRoutes, JWKS_MAX_AGE_SECONDS } from '../../../daemon/handlers.js';
 import type { RequestContext, Route } from '../../../daemon/server.js';
+import { testConfig } from '../../support/config.js';
 import { MemoryKeyStore } from '../../support/memory-keystore.js';
 
-const CONFIG = parseConfig(
-  [
-    'issuer: urn:test',
-    'hsm:',
-    '  token: t',
-    '  pin_file: /etc/hsmint/pin',
-    'tokens:',
-    '  audiences: [api, other]',
-    '  max_ttl: 1h',
-  ].join('\n'),
-  '/etc/hsmint/hsmint.yaml',
-);
+const CONFIG = testConfig();
 
 describe('createRoutes', () => {
   let store: MemoryKeyStore;

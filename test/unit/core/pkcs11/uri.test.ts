@@ -1,20 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { HsmintError } from '../../../../core/errors.js';
 import {
   matchesToken,
   parsePkcs11Uri,
   parseTokenReference,
   trimPadded,
 } from '../../../../core/pkcs11/uri.js';
-
-function codeOf(run: () => unknown): string | undefined {
-  try {
-    run();
-  } catch (error) {
-    return error instanceof HsmintError ? error.code : `not an HsmintError: ${String(error)}`;
-  }
-  return undefined;
-}
+import { codeOf } from '../../../support/codes.js';
 
 describe('parsePkcs11Uri', () => {
   it('reads every token and object attribute', () => {

@@ -1,0 +1,11 @@
+import { HsmintError } from '../../core/errors.js';
+
+/** The code a call fails with, undefined when it succeeds: tests assert on codes, never on text. */
+export function codeOf(run: () => unknown): string | undefined {
+  try {
+    run();
+  } catch (error) {
+    return error instanceof HsmintError ? error.code : `not an HsmintError: ${String(error)}`;
+  }
+  return undefined;
+}
