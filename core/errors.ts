@@ -16,6 +16,11 @@ export const ERROR_CODES = {
     meaning: 'A request body was sent without `Content-Type: application/json`.',
   },
   ERR_BODY_TOO_LARGE: { status: 413, meaning: 'The request body is over the 64 KiB cap.' },
+  ERR_HEADERS_TOO_LARGE: { status: 431, meaning: 'The request headers are over 8 KiB.' },
+  ERR_REQUEST_TIMEOUT: {
+    status: 408,
+    meaning: 'The request headers or body did not arrive in time (5 s for headers, 10 s in all).',
+  },
   ERR_MALFORMED_JSON: { status: 400, meaning: 'The request body is not valid UTF-8 JSON.' },
   ERR_INVALID_REQUEST: {
     status: 400,

@@ -39,6 +39,23 @@ export const DEFAULT_LIMITS: ServerLimits = {
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
+/** Failures Node's HTTP parser reports before a request exists, as status and error body. */
+const CLIENT_ERRORS: Record<string, [number, string, ErrorCode, string]> = {
+  ERR_HTTP_REQUEST_TIMEOUT: [
+    408,
+    'Request Timeout',
+    'ERR_REQUEST_TIMEOUT',
+    'the request took too long to arrive',
+  ],
+  HPE_HEADER_OVERFLOW: [
+    431,
+    'Request Header Fields Too Large',
+    'ERR_HEADERS_TOO_LARGE',
+    'request headers are over 8 KiB',
+  ],
+  default: [400, 'Bad Request', 'ERR_INVALID_REQUEST', 'malformed HTTP request'],
+};
+
 /**
  * A thin HTTP/1.1 transport: it finds the route, reads and parses a capped JSON body, calls
  * the handler and writes the reply. Every failure becomes `{error: {code, message}}`.
@@ -72,16 +89,16 @@ export class ApiServer {
     this.http.maxRequestsPerSocket = 10_000;
     this.http.on('clientError', (error: NodeJS.ErrnoException, socket) => {
       this.logger.debug({ event: 'http.client_error', code: error.code }, 'bad HTTP from a client');
-      if (socket.writable) {
-        const body = JSON.stringify({
-          error: { code: 'ERR_INVALID_REQUEST', message: 'malformed HTTP request' },
-        });
-        socket.end(
-          `HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-        );
-      } else {
+      if (!socket.writable || error.code === 'ECONNRESET') {
         socket.destroy();
+        return;
       }
+      const [status, reason, code, message] =
+        CLIENT_ERRORS[error.code ?? ''] ?? CLIENT_ERRORS['default']!;
+      const body = JSON.stringify({ error: { code, message } } satisfies ErrorBody);
+      socket.end(
+        `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      );
     });
   }
 

@@ -352,3 +352,43 @@ describe('under load', () => {
     expect(env.daemon.logs().some((line) => line['event'] === 'daemon.stop')).toBe(true);
   });
 });
+
+describe('slow and oversized HTTP', () => {
+  const env = useDaemon('ES256');
+
+  /** Sends raw bytes, then reads until the daemon closes; resolves with what came back and when. */
+  const exchange = async (bytes: string, keepOpen: boolean) => {
+    const { connect } = await import('node:net');
+    const started = Date.now();
+    return new Promise<{ reply: string; ms: number }>((resolve) => {
+      const socket = connect(env.token.socket);
+      let reply = '';
+      socket.on('data', (chunk) => (reply += chunk.toString()));
+      socket.on('close', () => resolve({ reply, ms: Date.now() - started }));
+      if (keepOpen) socket.write(bytes);
+      else socket.end(bytes);
+    });
+  };
+
+  it.each([
+    ['never finishes its headers', 'POST /v1/tokens HTTP/1.1\r\nhost: x\r\n'],
+    ['sends nothing at all', ''],
+  ])('cuts a client that %s, with 408, within a second of the 5 s limit', async (_case, bytes) => {
+    const { reply, ms } = await exchange(bytes, true);
+    expect(reply).toMatch(/^HTTP\/1\.1 408/);
+    expect(reply).toContain('ERR_REQUEST_TIMEOUT');
+    expect(ms).toBeGreaterThanOrEqual(4_500);
+    expect(ms).toBeLessThan(7_000);
+    expect((await env.daemon.client.health()).status).toBe('ok');
+  });
+
+  it('refuses headers over 8 KiB with 431', async () => {
+    const { reply } = await exchange(
+      `GET /v1/health HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(10_000)}\r\n\r\n`,
+      false,
+    );
+    expect(reply).toMatch(/^HTTP\/1\.1 431/);
+    expect(reply).toContain('ERR_HEADERS_TOO_LARGE');
+    expect((await env.daemon.client.health()).status).toBe('ok');
+  });
+});
