@@ -125,6 +125,11 @@ export class ApiServer {
   private async dispatch(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
     this.inFlight++;
+    // Counted until the answer has left for the socket, so a drain never cuts one half-written.
+    response.once('close', () => {
+      this.inFlight--;
+      if (this.inFlight === 0) this.drained?.();
+    });
     const context: RequestContext = { log: {} };
     const path = (request.url ?? '/').split('?')[0]!;
     let status = 500;
@@ -132,7 +137,7 @@ export class ApiServer {
     try {
       const reply = await this.route(request, path, context);
       status = reply.status;
-      send(response, reply);
+      send(response, reply, this.draining);
     } catch (error) {
       const failure = this.toHsmintError(error, path);
       status = failure.status;
@@ -145,7 +150,7 @@ export class ApiServer {
           body: { error: failure.toJSON() } satisfies ErrorBody,
           headers: typeof allow === 'string' ? { allow } : {},
         },
-        status === 413 || status >= 500,
+        this.draining || status === 413 || status >= 500,
       );
     } finally {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
@@ -161,8 +166,6 @@ export class ApiServer {
         },
         'request',
       );
-      this.inFlight--;
-      if (this.inFlight === 0) this.drained?.();
     }
   }
 
@@ -239,7 +242,8 @@ function send(response: ServerResponse, reply: Reply, close = false): void {
   response.setHeader('x-content-type-options', 'nosniff');
   for (const [name, value] of Object.entries(reply.headers ?? {})) response.setHeader(name, value);
   response.setHeader('content-length', Buffer.byteLength(payload));
-  // After a refused oversized body the rest of it is still on the wire: close rather than read it.
+  // After a refused oversized body the rest of it is still on the wire, and a draining daemon
+  // takes no further requests: close rather than keep the connection.
   if (close) response.setHeader('connection', 'close');
   response.end(payload);
 }
