@@ -71,3 +71,8 @@ if (!existsSync(addon)) {
   say('building the pkcs11js addon');
   execFileSync('npm', ['rebuild', 'pkcs11js'], { cwd: root, stdio: 'inherit' });
 }
+// hsmint's own addon (SO_PEERCRED, sd_notify); `npm ci` builds it, a stale clone may not have.
+if (!existsSync(join(root, 'build', 'Release', 'hsmint_native.node'))) {
+  say('building the hsmint native addon');
+  execFileSync('npm', ['run', 'build:native'], { cwd: root, stdio: 'inherit' });
+}

@@ -1,0 +1,29 @@
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { HsmintError } from '../core/errors.js';
+import { packageRoot } from '../core/package-root.js';
+
+/** hsmint's C addon (native/hsmint_native.c): what Node cannot do on Unix sockets itself. */
+export interface NativeAddon {
+  /** SO_PEERCRED of a connected Unix socket: the peer's pid, uid and gid at connect(). */
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+  /** One datagram to systemd's notify socket ("@name" for an abstract one). */
+  sdNotify(path: string, text: string): boolean;
+}
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const path = join(packageRoot(), 'build', 'Release', 'hsmint_native.node');
+  try {
+    addon = createRequire(import.meta.url)(path) as NativeAddon;
+  } catch (cause) {
+    throw new HsmintError(
+      'ERR_NATIVE_UNAVAILABLE',
+      `cannot load ${path}; run npm run build:native`,
+      { cause },
+    );
+  }
+  return addon;
+}

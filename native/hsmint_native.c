@@ -1,0 +1,90 @@
+// hsmint's native seam: the two things Node cannot do on a Unix socket by itself.
+//   peerCredentials(fd)  -> { pid, uid, gid } of the process at the other end (SO_PEERCRED)
+//   sdNotify(path, text) -> sends one datagram to systemd's $NOTIFY_SOCKET
+#define _GNU_SOURCE
+#include <errno.h>
+#include <node_api.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+static napi_value throw_errno(napi_env env, const char *call, int error) {
+  char message[160];
+  snprintf(message, sizeof message, "%s failed: %s", call, strerror(error));
+  napi_throw_error(env, "ERR_NATIVE", message);
+  return NULL;
+}
+
+static napi_value peer_credentials(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "peerCredentials(fd): fd must be a non-negative integer");
+    return NULL;
+  }
+  struct ucred credentials;
+  socklen_t length = sizeof credentials;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) {
+    return throw_errno(env, "getsockopt(SO_PEERCRED)", errno);
+  }
+  if (length != sizeof credentials) return throw_errno(env, "getsockopt(SO_PEERCRED)", EPROTO);
+  napi_value result, pid, uid, gid;
+  napi_create_object(env, &result);
+  napi_create_int32(env, credentials.pid, &pid);
+  napi_create_uint32(env, credentials.uid, &uid);
+  napi_create_uint32(env, credentials.gid, &gid);
+  napi_set_named_property(env, result, "pid", pid);
+  napi_set_named_property(env, result, "uid", uid);
+  napi_set_named_property(env, result, "gid", gid);
+  return result;
+}
+
+static napi_value sd_notify(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char path[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+  char text[4096];
+  size_t path_length, text_length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &path_length) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], text, sizeof text, &text_length) != napi_ok) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "sdNotify(path, text): two strings");
+    return NULL;
+  }
+  struct sockaddr_un address;
+  memset(&address, 0, sizeof address);
+  address.sun_family = AF_UNIX;
+  if (path_length == 0 || path_length >= sizeof address.sun_path) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "sdNotify: bad socket path length");
+    return NULL;
+  }
+  memcpy(address.sun_path, path, path_length);
+  // systemd may hand out an abstract socket, written "@name": its first byte is NUL.
+  if (path[0] == '@') address.sun_path[0] = '\0';
+  socklen_t address_length = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + path_length);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket(AF_UNIX, SOCK_DGRAM)", errno);
+  ssize_t sent = sendto(fd, text, text_length, MSG_NOSIGNAL, (struct sockaddr *)&address, address_length);
+  int error = errno;
+  close(fd);
+  if (sent < 0) return throw_errno(env, "sendto($NOTIFY_SOCKET)", error);
+  napi_value result;
+  napi_get_boolean(env, (size_t)sent == text_length, &result);
+  return result;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor properties[] = {
+      {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sdNotify", NULL, sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
