@@ -5,6 +5,7 @@ import { mintCommand } from './commands/mint.js';
 import { softhsmCommand } from './commands/softhsm.js';
 import { statusCommand } from './commands/status.js';
 import { verifyCommand } from './commands/verify.js';
+import { reloadCommand, whoamiCommand } from './commands/whoami.js';
 import type { CliContext } from './context.js';
 import { EXIT, processIo, reportError, type Io } from './output.js';
 import { HsmintError } from '../core/errors.js';
@@ -29,6 +30,8 @@ export function createProgram(context: CliContext): Command {
     verifyCommand,
     jwksCommand,
     statusCommand,
+    whoamiCommand,
+    reloadCommand,
     keysCommand,
     softhsmCommand,
   ]) {

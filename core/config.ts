@@ -11,6 +11,15 @@ import {
   type RsaKeySize,
 } from './keys/algorithms.js';
 import { parseTokenReference, type Pkcs11Uri } from './pkcs11/uri.js';
+import {
+  MATCH_KEYS,
+  TEMPLATE_FIELDS,
+  isSubjectPrefix,
+  type ClaimValue,
+  type Policy,
+  type PolicyRule,
+} from './policy/policy.js';
+import { RESERVED_CLAIMS } from './protocol.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -19,7 +28,13 @@ export interface Config {
   /** The file this came from; relative paths in it are resolved against its folder. */
   source: string;
   issuer: string;
-  socket: { path: string; mode: number; group: string | undefined };
+  socket: {
+    path: string;
+    mode: number;
+    group: string | undefined;
+    maxConnectionsPerUid: number;
+    maxRequestsPerUid: number;
+  };
   hsm: {
     profile: string;
     /** Absolute path, or undefined to take the profile's first module found on this machine. */
@@ -31,7 +46,8 @@ export interface Config {
     environment: Record<string, string>;
   };
   keys: { algorithm: Algorithm; rsaBits: RsaKeySize };
-  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number; audiences: string[] };
+  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number };
+  policy: Policy;
   log: { level: LogLevel };
 }
 
@@ -39,6 +55,8 @@ export interface Config {
 export const DEFAULTS = {
   socketPath: '/run/hsmint/hsmint.sock',
   socketMode: 0o660,
+  maxConnectionsPerUid: 64,
+  maxRequestsPerUid: 32,
   profile: 'softhsm',
   algorithm: DEFAULT_ALGORITHM,
   rsaBits: 3072 as RsaKeySize,
@@ -186,6 +204,15 @@ class ConfigReader {
     return value as string[];
   }
 
+  /** A scalar or a list of scalars, as a list: `uid: 1000` or `uid: [1000, 1001]`. */
+  oneOrMany<T>(path: Path, check: (value: unknown) => value is T, expected: string): T[] {
+    const value = this.value(path);
+    const list = Array.isArray(value) ? value : [value];
+    if (list.length === 0 || !list.every(check))
+      this.fail(path, `expected ${expected}, or a list of them`);
+    return list as T[];
+  }
+
   stringMap(path: Path): Record<string, string> {
     const value = this.value(path) ?? {};
     if (typeof value !== 'object' || Array.isArray(value))
@@ -213,7 +240,10 @@ export function parseConfig(text: string, file: string): Config {
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   const problem = doc.errors[0];
   if (problem) {
-    const line = lines.linePos(problem.pos[0]).line;
+    // yaml may point just past the previous line's end; the problem starts at the next token.
+    let at = problem.pos[0];
+    while (at < text.length && /\s/.test(text[at]!)) at++;
+    const line = lines.linePos(at).line;
     throw new HsmintError(
       'ERR_CONFIG_INVALID',
       `${problem.message.split('\n')[0]} (${basename(file)}${line ? `:${line}` : ''})`,
@@ -223,12 +253,15 @@ export function parseConfig(text: string, file: string): Config {
   const base = dirname(resolve(file));
   const absolute = (value: string) => (isAbsolute(value) ? value : resolve(base, value));
 
-  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'log'], true);
+  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'policy', 'log'], true);
   const issuer = read.string(['issuer']);
   if (issuer.length > 256 || /[\s\0]/.test(issuer))
     read.fail(['issuer'], 'expected a URI or name without spaces, at most 256 characters');
 
-  read.section(['socket'], ['path', 'mode', 'group']);
+  read.section(
+    ['socket'],
+    ['path', 'mode', 'group', 'max_connections_per_uid', 'max_requests_per_uid'],
+  );
   const socketPath = absolute(read.string(['socket', 'path'], DEFAULTS.socketPath));
   const modeText = read.value(['socket', 'mode']);
   let mode: number = DEFAULTS.socketMode;
@@ -262,7 +295,7 @@ export function parseConfig(text: string, file: string): Config {
   const moduleText = read.optionalString(['hsm', 'module']) ?? token.modulePath;
 
   read.section(['keys'], ['algorithm', 'rsa_bits']);
-  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew', 'audiences']);
+  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew']);
   const defaultTtl = read.duration(['tokens', 'default_ttl'], DEFAULTS.defaultTtl);
   const maxTtl = read.duration(['tokens', 'max_ttl'], DEFAULTS.maxTtl);
   const clockSkew = read.duration(['tokens', 'clock_skew'], DEFAULTS.clockSkew);
@@ -271,16 +304,30 @@ export function parseConfig(text: string, file: string): Config {
   if (defaultTtl > maxTtl)
     read.fail(['tokens', 'default_ttl'], 'must not be longer than tokens.max_ttl');
   if (clockSkew > MAX_CLOCK_SKEW_SECONDS) read.fail(['tokens', 'clock_skew'], 'at most 5m');
-  const audiences = read.stringList(['tokens', 'audiences'], []);
-  if (audiences.length === 0)
-    read.fail(['tokens', 'audiences'], 'list the audiences this issuer mints for');
+  const policy = parsePolicy(read, maxTtl);
 
   read.section(['log'], ['level']);
 
   return {
     source: resolve(file),
     issuer,
-    socket: { path: socketPath, mode, group: read.optionalString(['socket', 'group']) },
+    socket: {
+      path: socketPath,
+      mode,
+      group: read.optionalString(['socket', 'group']),
+      maxConnectionsPerUid: read.integer(
+        ['socket', 'max_connections_per_uid'],
+        DEFAULTS.maxConnectionsPerUid,
+        1,
+        4096,
+      ),
+      maxRequestsPerUid: read.integer(
+        ['socket', 'max_requests_per_uid'],
+        DEFAULTS.maxRequestsPerUid,
+        1,
+        4096,
+      ),
+    },
     hsm: {
       profile: read.string(['hsm', 'profile'], DEFAULTS.profile),
       module: moduleText === undefined ? undefined : absolute(moduleText),
@@ -296,9 +343,123 @@ export function parseConfig(text: string, file: string): Config {
       algorithm: read.oneOf(['keys', 'algorithm'], ALGORITHMS, DEFAULTS.algorithm),
       rsaBits: read.oneOf(['keys', 'rsa_bits'], RSA_KEY_SIZES, DEFAULTS.rsaBits),
     },
-    tokens: { defaultTtl, maxTtl, clockSkew, audiences },
+    tokens: { defaultTtl, maxTtl, clockSkew },
+    policy,
     log: { level: read.oneOf(['log', 'level'], LOG_LEVELS, DEFAULTS.logLevel) },
   };
+}
+
+const RULE_KEYS = [
+  'name',
+  'match',
+  'subjects',
+  'audiences',
+  'scopes',
+  'claims',
+  'max_ttl',
+  'admin',
+] as const;
+const isText = (value: unknown): value is string =>
+  typeof value === 'string' && value !== '' && value.length <= 256;
+const isUid = (value: unknown): value is number =>
+  typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 2 ** 32;
+const isClaimValue = (value: unknown): value is ClaimValue =>
+  (typeof value === 'string' && value.length <= 256) ||
+  typeof value === 'boolean' ||
+  (typeof value === 'number' && Number.isFinite(value));
+const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/;
+
+/** `policy.rules`: ordered; the first rule that matches a caller decides what it may mint. */
+function parsePolicy(read: ConfigReader, maxTtl: number): Policy {
+  read.section(['policy'], ['rules']);
+  const raw = read.value(['policy', 'rules']) ?? [];
+  if (!Array.isArray(raw)) read.fail(['policy', 'rules'], 'expected a list of rules');
+  const names = new Set<string>();
+  const rules = raw.map((_rule, i): PolicyRule => {
+    const at: Path = ['policy', 'rules', i];
+    read.section(at, RULE_KEYS, true);
+    const name = read.optionalString([...at, 'name']) ?? `rules[${i}]`;
+    if (names.has(name)) read.fail([...at, 'name'], `another rule is named ${name}`);
+    names.add(name);
+
+    const matchKeys = Object.keys(read.section([...at, 'match'], MATCH_KEYS, true));
+    // A rule without criteria would match every process that can open the socket.
+    if (matchKeys.length === 0)
+      read.fail([...at, 'match'], `name at least one of ${MATCH_KEYS.join(', ')}`);
+    const match: PolicyRule['match'] = {};
+    for (const key of matchKeys) {
+      if (key === 'uid') match.uid = read.oneOrMany([...at, 'match', key], isUid, 'a uid');
+      else {
+        const values = read.oneOrMany([...at, 'match', key], isText, 'a non-empty string');
+        if (key === 'exe' && !values.every((value) => value.startsWith('/')))
+          read.fail([...at, 'match', key], 'expected absolute paths');
+        match[key as Exclude<(typeof MATCH_KEYS)[number], 'uid'>] = values;
+      }
+    }
+
+    const subjects = read.stringList([...at, 'subjects'], []);
+    subjects.forEach((subject, j) => {
+      const path = [...at, 'subjects', j];
+      for (const [, field] of subject.matchAll(/\{([^}]*)\}/g)) {
+        if (!(TEMPLATE_FIELDS as readonly string[]).includes(field!))
+          read.fail(
+            path,
+            `unknown placeholder {${field}}; use ${TEMPLATE_FIELDS.map((f) => `{${f}}`).join(', ')}`,
+          );
+      }
+      if (
+        isSubjectPrefix(subject) &&
+        (subject.length < 2 || subject.slice(0, -1).includes('*') || subject.includes('{'))
+      ) {
+        read.fail(path, 'a prefix subject is literal text ending in one *, like svc:*');
+      }
+      if (!isSubjectPrefix(subject) && subject.includes('*'))
+        read.fail(path, '* may only end a prefix subject');
+    });
+    const scopes = read.stringList([...at, 'scopes'], []);
+    scopes.forEach((scope, j) => {
+      if (!SCOPE_TOKEN.test(scope))
+        read.fail(
+          [...at, 'scopes', j],
+          'expected a scope token (printable ASCII, no spaces or quotes)',
+        );
+    });
+
+    const claimsRaw = read.value([...at, 'claims']) ?? {};
+    if (typeof claimsRaw !== 'object' || Array.isArray(claimsRaw))
+      read.fail([...at, 'claims'], 'expected a mapping of claim names to null or allowed values');
+    const claims: Record<string, ClaimValue[] | null> = {};
+    for (const [claim, allowed] of Object.entries(claimsRaw as Record<string, unknown>)) {
+      const path = [...at, 'claims', claim];
+      if (RESERVED_CLAIMS.has(claim)) read.fail(path, 'this claim is set by the daemon only');
+      if (allowed === null) claims[claim] = null;
+      else
+        claims[claim] = read.oneOrMany(
+          path,
+          isClaimValue,
+          'null (any value), a string, number or boolean',
+        );
+    }
+
+    const ruleMaxTtl =
+      read.value([...at, 'max_ttl']) == null ? maxTtl : read.duration([...at, 'max_ttl'], '1s');
+    if (ruleMaxTtl > maxTtl)
+      read.fail([...at, 'max_ttl'], 'must not be longer than tokens.max_ttl');
+    const admin = read.value([...at, 'admin']) ?? false;
+    if (typeof admin !== 'boolean') read.fail([...at, 'admin'], 'expected true or false');
+
+    return {
+      name,
+      match,
+      subjects,
+      audiences: read.stringList([...at, 'audiences'], []),
+      scopes,
+      claims,
+      maxTtl: ruleMaxTtl,
+      admin,
+    };
+  });
+  return { rules };
 }
 
 export function loadConfig(file: string): Config {

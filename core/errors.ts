@@ -34,11 +34,35 @@ export const ERROR_CODES = {
   },
   ERR_TTL_TOO_LONG: {
     status: 400,
-    meaning: 'The requested ttl is over `tokens.max_ttl`; it is refused, never cut.',
+    meaning: "The requested ttl is over the caller's max_ttl; it is refused, never cut.",
+  },
+  ERR_FORBIDDEN: {
+    status: 403,
+    meaning: 'No policy rule matches the caller, or the route needs an admin rule.',
+  },
+  ERR_SUBJECT_NOT_ALLOWED: {
+    status: 403,
+    meaning: 'The requested sub is not granted to the caller, or the rule gives it no default.',
   },
   ERR_AUDIENCE_NOT_ALLOWED: {
     status: 403,
-    meaning: 'The requested audience is not one this issuer mints for.',
+    meaning: 'The requested audience is not granted to the caller.',
+  },
+  ERR_SCOPE_NOT_ALLOWED: {
+    status: 403,
+    meaning: 'A requested scope is not granted to the caller.',
+  },
+  ERR_CLAIM_NOT_ALLOWED: {
+    status: 403,
+    meaning: 'An extra claim, or its value, is not granted to the caller.',
+  },
+  ERR_TOO_MANY_CONNECTIONS: {
+    status: 429,
+    meaning: 'The caller uid has too many connections open (`socket.max_connections_per_uid`).',
+  },
+  ERR_TOO_MANY_REQUESTS: {
+    status: 429,
+    meaning: 'The caller uid has too many requests in flight (`socket.max_requests_per_uid`).',
   },
   ERR_HSM_UNAVAILABLE: {
     status: 503,
@@ -77,8 +101,11 @@ export const ERROR_CODES = {
   },
 
   // Start-up, configuration and the token (never on the wire)
-  ERR_CONFIG_INVALID: { status: null, meaning: 'The configuration file is invalid.' },
-  ERR_CONFIG_UNREADABLE: { status: null, meaning: 'The configuration file cannot be read.' },
+  ERR_CONFIG_INVALID: {
+    status: 422,
+    meaning: 'The configuration file is invalid (at start, or on reload: the old one stays).',
+  },
+  ERR_CONFIG_UNREADABLE: { status: 422, meaning: 'The configuration file cannot be read.' },
   ERR_DURATION_INVALID: {
     status: null,
     meaning: 'A duration is not like `90s`, `5m`, `12h`, `30d`.',
@@ -123,6 +150,10 @@ export const ERROR_CODES = {
   ERR_DAEMON_UNREACHABLE: { status: null, meaning: 'The CLI or client cannot reach the socket.' },
   ERR_PROTOCOL: { status: null, meaning: 'The daemon answered something the client cannot read.' },
   ERR_USAGE: { status: null, meaning: 'The command line is wrong.' },
+  ERR_NATIVE_UNAVAILABLE: {
+    status: null,
+    meaning: "hsmint's native addon (SO_PEERCRED, sd_notify) is not built or does not load.",
+  },
 } as const satisfies Record<string, { status: number | null; meaning: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -7,6 +7,8 @@ import { HsmintError, type ErrorCode } from './errors.js';
 import type { Algorithm } from './keys/algorithms.js';
 import type { PublicJwk } from './keys/keystore.js';
 import type { VerifyResult } from './jwt/verify.js';
+import type { Caller } from './policy/caller.js';
+import type { ClaimValue } from './policy/policy.js';
 
 export const API_PREFIX = '/v1';
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -22,6 +24,8 @@ export interface MintRequest {
 
 export interface MintResponse {
   token: string;
+  /** The subject the token was minted for: the one asked for, or the caller's default. */
+  sub: string;
   jti: string;
   kid: string;
   alg: Algorithm;
@@ -51,6 +55,28 @@ export interface HealthResponse {
   keys: number;
   token: { label: string; serial: string };
   uptime_s: number;
+}
+
+export interface WhoamiResponse {
+  caller: Caller;
+  /** The rule that matched, or null: then nothing may be minted. */
+  rule: string | null;
+  grants: {
+    subjects: string[];
+    subject_prefixes: string[];
+    default_subject: string | null;
+    audiences: string[];
+    scopes: string[];
+    claims: Record<string, ClaimValue[] | null>;
+    max_ttl: number;
+    admin: boolean;
+  } | null;
+}
+
+export interface ReloadResponse {
+  reloaded: true;
+  /** Sections that changed but take effect only after a restart. */
+  restart_needed: string[];
 }
 
 export interface ErrorBody {

@@ -4,12 +4,15 @@ import { HsmintError } from '../core/errors.js';
 import { mintToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import type { KeyInfo, KeyStore } from '../core/keys/keystore.js';
+import type { Caller } from '../core/policy/caller.js';
+import { authorizeMint, grantOf, type Grant, type Policy } from '../core/policy/policy.js';
 import type {
   HealthResponse,
   JwksResponse,
   MintRequest,
   MintResponse,
   VerifyRequest,
+  WhoamiResponse,
 } from '../core/protocol.js';
 
 export interface AuthorityOptions {
@@ -87,10 +90,17 @@ export class Authority {
   async reconfigure(config: Config): Promise<string[]> {
     const restartNeeded: string[] = [];
     if (JSON.stringify(config.hsm) !== JSON.stringify(this.config.hsm)) restartNeeded.push('hsm');
-    if (JSON.stringify(config.socket) !== JSON.stringify(this.config.socket))
+    const bound = this.config.socket;
+    const { path, mode, group } = config.socket;
+    if (path !== bound.path || mode !== bound.mode || group !== bound.group)
       restartNeeded.push('socket');
     const previous = this.config;
-    this.config = { ...config, hsm: previous.hsm, socket: previous.socket };
+    // The token and the bound socket stay as they are; limits, tokens, policy and keys change.
+    this.config = {
+      ...config,
+      hsm: previous.hsm,
+      socket: { ...config.socket, path: bound.path, mode: bound.mode, group: bound.group },
+    };
     try {
       await this.store.reload();
       await this.loadKeys();
@@ -102,35 +112,91 @@ export class Authority {
     return restartNeeded;
   }
 
-  async mint(request: MintRequest): Promise<MintResponse> {
-    const { tokens, issuer } = this.config;
-    const audiences = Array.isArray(request.aud) ? request.aud : [request.aud];
-    const refused = audiences.find((aud) => !tokens.audiences.includes(aud));
-    if (refused !== undefined) {
-      throw new HsmintError(
-        'ERR_AUDIENCE_NOT_ALLOWED',
-        `audience ${JSON.stringify(refused)} is not one this issuer mints for`,
-      );
-    }
-    const ttlSeconds = request.ttl ?? tokens.defaultTtl;
+  /** The configuration now; each request takes it once, when it arrives. */
+  get settings(): Config {
+    return this.config;
+  }
+
+  get policy(): Policy {
+    return this.config.policy;
+  }
+
+  get limits(): { connections: number; requests: number } {
+    return {
+      connections: this.config.socket.maxConnectionsPerUid,
+      requests: this.config.socket.maxRequestsPerUid,
+    };
+  }
+
+  /** The caller's grant under `policy`, or ERR_FORBIDDEN: no rule, no token. */
+  grant(caller: Caller, policy: Policy): Grant {
+    const grant = grantOf(policy, caller);
+    if (!grant)
+      throw new HsmintError('ERR_FORBIDDEN', `no policy rule grants uid ${caller.uid} anything`);
+    return grant;
+  }
+
+  whoami(caller: Caller, policy: Policy): WhoamiResponse {
+    const grant = grantOf(policy, caller);
+    return {
+      caller,
+      rule: grant?.rule ?? null,
+      grants: grant
+        ? {
+            subjects: grant.subjects,
+            subject_prefixes: grant.subjectPrefixes.map((prefix) => `${prefix}*`),
+            default_subject: grant.subjects[0] ?? null,
+            audiences: grant.audiences,
+            scopes: grant.scopes,
+            claims: grant.claims,
+            max_ttl: grant.maxTtl,
+            admin: grant.admin,
+          }
+        : null,
+    };
+  }
+
+  /** Mints under `settings`, the configuration the request arrived under. */
+  async mint(request: MintRequest, caller: Caller, settings: Config): Promise<MintResponse> {
+    const { tokens, issuer, policy } = settings;
+    const grant = this.grant(caller, policy);
+    const { subject, ttl: ttlSeconds } = authorizeMint(grant, request, tokens.defaultTtl);
     if (ttlSeconds > tokens.maxTtl) {
       throw new HsmintError(
         'ERR_TTL_TOO_LONG',
         `ttl ${ttlSeconds}s is over the maximum of ${tokens.maxTtl}s`,
       );
     }
+    // Every token names who minted it: the caller's own subject, its uid and unit, the rule.
+    const minter = {
+      azp: grant.subjects[0] ?? `uid:${caller.uid}`,
+      hsmint: {
+        uid: caller.uid,
+        ...(caller.unit === undefined ? {} : { unit: caller.unit }),
+        rule: grant.rule,
+      },
+    };
     try {
       const minted = await mintToken(this.store, this.active, {
         issuer,
         audience: request.aud,
-        ...(request.sub === undefined ? {} : { subject: request.sub }),
+        subject,
+        minter,
         ...(request.scope === undefined ? {} : { scope: request.scope }),
         ...(request.claims === undefined ? {} : { claims: request.claims }),
         ttlSeconds,
         now: this.now(),
       });
       this.tokenFault = undefined;
-      return minted;
+      return {
+        token: minted.token,
+        sub: subject,
+        jti: minted.jti,
+        kid: minted.kid,
+        alg: minted.alg,
+        iat: minted.iat,
+        exp: minted.exp,
+      };
     } catch (error) {
       const tokenFailed = !(error instanceof HsmintError) || error.code === 'ERR_HSM_UNAVAILABLE';
       if (!tokenFailed) throw error;

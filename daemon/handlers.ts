@@ -1,4 +1,5 @@
-import { parseMintRequest, parseVerifyRequest } from '../core/protocol.js';
+import { HsmintError } from '../core/errors.js';
+import { parseMintRequest, parseVerifyRequest, type ReloadResponse } from '../core/protocol.js';
 import type { Authority } from './authority.js';
 import type { Route } from './server.js';
 
@@ -6,7 +7,10 @@ import type { Route } from './server.js';
 export const JWKS_MAX_AGE_SECONDS = 300;
 
 /** The routes of /v1: pure `(body, context) -> reply` functions over the authority. */
-export function createRoutes(authority: Authority): Route[] {
+export function createRoutes(
+  authority: Authority,
+  actions: { reload(): Promise<ReloadResponse> },
+): Route[] {
   return [
     {
       method: 'POST',
@@ -14,13 +18,14 @@ export function createRoutes(authority: Authority): Route[] {
       body: true,
       async handle(body, context) {
         const request = parseMintRequest(body);
-        const minted = await authority.mint(request);
+        const minted = await authority.mint(request, context.caller, context.config);
         context.log = {
           jti: minted.jti,
           kid: minted.kid,
+          sub: minted.sub,
           aud: request.aud,
-          sub: request.sub,
           exp: minted.exp,
+          rule: authority.grant(context.caller, context.config.policy).rule,
         };
         return { status: 201, body: minted, headers: { 'cache-control': 'no-store' } };
       },
@@ -61,6 +66,33 @@ export function createRoutes(authority: Authority): Route[] {
         return {
           status: health.status === 'ok' ? 200 : 503,
           body: health,
+          headers: { 'cache-control': 'no-store' },
+        };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/whoami',
+      body: false,
+      async handle(_body, context) {
+        return {
+          status: 200,
+          body: authority.whoami(context.caller, context.config.policy),
+          headers: { 'cache-control': 'no-store' },
+        };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/reload',
+      body: false,
+      async handle(_body, context) {
+        if (!authority.grant(context.caller, context.config.policy).admin) {
+          throw new HsmintError('ERR_FORBIDDEN', 'reloading needs an admin rule');
+        }
+        return {
+          status: 200,
+          body: await actions.reload(),
           headers: { 'cache-control': 'no-store' },
         };
       },

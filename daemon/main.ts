@@ -8,11 +8,15 @@ import { Authority } from './authority.js';
 import { createRoutes } from './handlers.js';
 import { createLogger } from './logger.js';
 import { ApiServer } from './server.js';
+import { native } from './native.js';
+import { currentCaller, identifyPeer } from './peer.js';
 import { listenOnPath } from './socket.js';
+import type { ReloadResponse } from '../core/protocol.js';
 
 const DRAIN_TIMEOUT_MS = 10_000;
 
 async function start(config: Config, logger: Logger): Promise<void> {
+  native(); // fail at start, not on the first connection, when the addon is missing
   const { store, token } = await openKeyStore(config);
   let authority: Authority;
   try {
@@ -21,7 +25,46 @@ async function start(config: Config, logger: Logger): Promise<void> {
     await store.close();
     throw error;
   }
-  const server = new ApiServer(createRoutes(authority), logger);
+  if (config.policy.rules.length === 0) {
+    logger.warn({ event: 'policy.empty' }, 'policy.rules is empty: every mint is refused');
+  }
+
+  // Reloads run one after another. A file that fails validation is refused with its errors
+  // and the running config stays: a typo must never take the issuer down.
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reload = (): Promise<ReloadResponse> => {
+    const attempt = reloading.then(async () => {
+      try {
+        const next = loadConfig(config.source);
+        const restartNeeded = await authority.reconfigure(next);
+        logger.level = next.log.level;
+        logger.info(
+          {
+            event: 'config.reload',
+            rules: next.policy.rules.length,
+            restart_needed: restartNeeded,
+          },
+          'configuration reloaded',
+        );
+        return { reloaded: true as const, restart_needed: restartNeeded };
+      } catch (error) {
+        logger.error(
+          { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
+          'reload refused; the old configuration stays',
+        );
+        throw error;
+      }
+    });
+    reloading = attempt.catch(() => undefined);
+    return attempt;
+  };
+
+  const server = new ApiServer(createRoutes(authority, { reload }), logger, {
+    identify: identifyPeer,
+    currentCaller,
+    config: () => authority.settings,
+    perUid: () => authority.limits,
+  });
   try {
     await listenOnPath(server.http, config.socket.path, config.socket.mode, config.socket.group);
   } catch (error) {
@@ -36,6 +79,7 @@ async function start(config: Config, logger: Logger): Promise<void> {
       alg: authority.activeKey.alg,
       kid: authority.activeKey.kid,
       hsm_token: token.label,
+      rules: config.policy.rules.length,
     },
     'hsmintd is serving',
   );
@@ -53,28 +97,7 @@ async function start(config: Config, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
-  // Reloads run one after another; a bad file keeps the running config, since a typo must
-  // never take the issuer down.
-  let reloading = Promise.resolve();
-  const reload = async () => {
-    try {
-      const next = loadConfig(config.source);
-      const restartNeeded = await authority.reconfigure(next);
-      logger.level = next.log.level;
-      logger.info(
-        { event: 'config.reload', restart_needed: restartNeeded },
-        'configuration reloaded',
-      );
-    } catch (error) {
-      logger.error(
-        { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
-        'reload refused; the old configuration stays',
-      );
-    }
-  };
-  process.on('SIGHUP', () => {
-    reloading = reloading.then(reload);
-  });
+  process.on('SIGHUP', () => void reload().catch(() => undefined));
 }
 
 async function main(): Promise<void> {

@@ -1,4 +1,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Caller } from '../core/policy/caller.js';
+import type { Config } from '../core/config.js';
+import type { Peer } from './peer.js';
 import type { Logger } from 'pino';
 import { HsmintError, type ErrorCode } from '../core/errors.js';
 import { MAX_BODY_BYTES, type ErrorBody } from '../core/protocol.js';
@@ -12,6 +16,13 @@ export interface Reply {
 export interface RequestContext {
   /** Safe fields the handler wants in the request's log line (a jti, never a token). */
   log: Record<string, unknown>;
+  /** Who is asking, as the kernel and /proc say. */
+  caller: Caller;
+  /**
+   * The configuration (policy, issuer, TTLs) as it was when the request arrived: a reload
+   * does not change the rules of a request already in flight.
+   */
+  config: Config;
 }
 
 export interface Route {
@@ -29,6 +40,17 @@ export interface ServerLimits {
   requestTimeoutMs: number;
   /** How long an idle keep-alive connection stays open. */
   keepAliveTimeoutMs: number;
+}
+
+export interface ServerOptions {
+  limits?: ServerLimits;
+  /** Identifies a new connection's peer; a failure closes the connection unanswered. */
+  identify: (socket: Socket) => Peer;
+  /** The caller for a request, re-checked against pid reuse. */
+  currentCaller: (peer: Peer) => Caller;
+  /** The configuration now, and the per-uid limits now (both change on reload). */
+  config: () => Config;
+  perUid: () => { connections: number; requests: number };
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -64,14 +86,18 @@ export class ApiServer {
   readonly http: Server;
   private readonly routes = new Map<string, Route[]>();
   private inFlight = 0;
+  private readonly peers = new WeakMap<Socket, Peer>();
+  private readonly connectionsByUid = new Map<number, number>();
+  private readonly requestsByUid = new Map<number, number>();
   private draining = false;
   private drained: (() => void) | undefined;
 
   constructor(
     routes: Route[],
     private readonly logger: Logger,
-    limits: ServerLimits = DEFAULT_LIMITS,
+    private readonly options: ServerOptions,
   ) {
+    const limits = options.limits ?? DEFAULT_LIMITS;
     for (const route of routes)
       this.routes.set(route.path, [...(this.routes.get(route.path) ?? []), route]);
     this.http = createServer(
@@ -87,6 +113,8 @@ export class ApiServer {
       (request, response) => void this.dispatch(request, response),
     );
     this.http.maxRequestsPerSocket = 10_000;
+    // Runs before the HTTP parser reads a byte: every request has a known caller.
+    this.http.prependListener('connection', (socket: Socket) => this.accept(socket));
     this.http.on('clientError', (error: NodeJS.ErrnoException, socket) => {
       this.logger.debug({ event: 'http.client_error', code: error.code }, 'bad HTTP from a client');
       if (!socket.writable || error.code === 'ECONNRESET') {
@@ -95,10 +123,7 @@ export class ApiServer {
       }
       const [status, reason, code, message] =
         CLIENT_ERRORS[error.code ?? ''] ?? CLIENT_ERRORS['default']!;
-      const body = JSON.stringify({ error: { code, message } } satisfies ErrorBody);
-      socket.end(
-        `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-      );
+      writeRaw(socket, status, reason, code, message);
     });
   }
 
@@ -122,15 +147,60 @@ export class ApiServer {
     this.http.closeAllConnections();
   }
 
+  private accept(socket: Socket): void {
+    let peer: Peer;
+    try {
+      peer = this.options.identify(socket);
+    } catch (error) {
+      this.logger.error(
+        { event: 'peer.unidentified', err: error },
+        'cannot identify a caller; connection closed',
+      );
+      socket.destroy();
+      return;
+    }
+    const uid = peer.caller.uid;
+    const open = (this.connectionsByUid.get(uid) ?? 0) + 1;
+    this.connectionsByUid.set(uid, open);
+    socket.once('close', () => decrement(this.connectionsByUid, uid));
+    if (open > this.options.perUid().connections) {
+      this.logger.warn(
+        { event: 'peer.too_many_connections', uid, pid: peer.caller.pid, open },
+        'connection refused',
+      );
+      writeRaw(
+        socket,
+        429,
+        'Too Many Requests',
+        'ERR_TOO_MANY_CONNECTIONS',
+        `uid ${uid} has too many connections open`,
+      );
+      return;
+    }
+    this.peers.set(socket, peer);
+  }
+
   private async dispatch(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const started = process.hrtime.bigint();
     this.inFlight++;
+    const peer = this.peers.get(request.socket);
+    if (!peer) {
+      // Refused at accept (over the connection limit): its answer is on its way and the
+      // socket is ending; destroying it here could drop that answer.
+      request.resume();
+      this.inFlight--;
+      return;
+    }
+    const caller = this.options.currentCaller(peer);
+    const uid = caller.uid;
+    this.requestsByUid.set(uid, (this.requestsByUid.get(uid) ?? 0) + 1);
     // Counted until the answer has left for the socket, so a drain never cuts one half-written.
     response.once('close', () => {
+      decrement(this.requestsByUid, uid);
       this.inFlight--;
       if (this.inFlight === 0) this.drained?.();
     });
-    const context: RequestContext = { log: {} };
+    const context: RequestContext = { log: {}, caller, config: this.options.config() };
     const path = (request.url ?? '/').split('?')[0]!;
     let status = 500;
     let code: ErrorCode | undefined;
@@ -162,6 +232,9 @@ export class ApiServer {
           status,
           ms: Math.round(ms * 100) / 100,
           code,
+          uid: caller.uid,
+          pid: caller.pid,
+          ...(caller.unit === undefined ? {} : { unit: caller.unit }),
           ...context.log,
         },
         'request',
@@ -175,6 +248,12 @@ export class ApiServer {
     context: RequestContext,
   ): Promise<Reply> {
     if (this.draining) throw new HsmintError('ERR_SHUTTING_DOWN', 'the daemon is shutting down');
+    if ((this.requestsByUid.get(context.caller.uid) ?? 0) > this.options.perUid().requests) {
+      throw new HsmintError(
+        'ERR_TOO_MANY_REQUESTS',
+        `uid ${context.caller.uid} has too many requests in flight`,
+      );
+    }
     const candidates = this.routes.get(path);
     if (!candidates) throw new HsmintError('ERR_NOT_FOUND', 'no such route');
     const route = candidates.find((candidate) => candidate.method === request.method);
@@ -232,6 +311,26 @@ async function readJson(request: IncomingMessage): Promise<unknown> {
   } catch {
     throw new HsmintError('ERR_MALFORMED_JSON', 'the body is not valid JSON');
   }
+}
+
+function decrement(counts: Map<number, number>, uid: number): void {
+  const left = (counts.get(uid) ?? 1) - 1;
+  if (left <= 0) counts.delete(uid);
+  else counts.set(uid, left);
+}
+
+/** An answer written straight to the socket, for refusals before any request exists. */
+function writeRaw(
+  socket: Socket | import('node:stream').Duplex,
+  status: number,
+  reason: string,
+  code: ErrorCode,
+  message: string,
+): void {
+  const body = JSON.stringify({ error: { code, message } } satisfies ErrorBody);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 function send(response: ServerResponse, reply: Reply, close = false): void {

@@ -104,18 +104,8 @@ if (!ready) {
 }
 process.stdout.write(`\nhsmintd is running on ${socket} (pid ${child.pid}, log ${logFile})\n`);
 showLive('hsmint status', ['--socket', socket, 'status']);
-const token = hsmint([
-  'mint',
-  '--aud',
-  'demo',
-  '--sub',
-  'demo-user',
-  '--ttl',
-  '2m',
-  '--scope',
-  'read',
-]).trim();
-show('hsmint mint --aud demo --sub demo-user --ttl 2m --scope read', token);
+const token = hsmint(['mint', '--aud', 'demo', '--ttl', '2m', '--scope', 'read']).trim();
+show('hsmint mint --aud demo --ttl 2m --scope read', token);
 showLive('hsmint verify "$TOKEN" --aud demo', [
   '--socket',
   socket,

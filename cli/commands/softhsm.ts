@@ -26,7 +26,13 @@ export function softhsmCommand(context: CliContext): Command {
     .option('--issuer <issuer>', 'the iss of minted tokens (default: urn:hsmint:<hostname>)')
     .option(
       '--audience <audience>',
-      'an audience the daemon may mint for (repeat; default: demo)',
+      'an audience you may mint for (repeat; default: demo)',
+      collect,
+    )
+    .option('--scope <scope>', 'a scope you may ask for (repeat; default: read and write)', collect)
+    .option(
+      '--subject <subject>',
+      'a subject you may mint for (repeat; default: user:{user}, then uid:{uid})',
       collect,
     )
     .option('--module <path>', 'the SoftHSM module (default: found from hsm-profiles/softhsm.yaml)')
@@ -56,15 +62,26 @@ export function softhsmCommand(context: CliContext): Command {
             environment: { SOFTHSM2_CONF: created.confPath },
           },
           keys: { algorithm: alg },
-          tokens: {
-            default_ttl: '5m',
-            max_ttl: '1h',
-            clock_skew: '30s',
-            audiences: (options['audience'] as string[] | undefined) ?? ['demo'],
+          tokens: { default_ttl: '5m', max_ttl: '1h', clock_skew: '30s' },
+          policy: {
+            // Safe by default: the one user who ran init, and nobody else, may mint and administer.
+            rules: [
+              {
+                name: 'owner',
+                match: { uid: process.getuid?.() ?? 0 },
+                subjects: (options['subject'] as string[] | undefined) ?? [
+                  'user:{user}',
+                  'uid:{uid}',
+                ],
+                audiences: (options['audience'] as string[] | undefined) ?? ['demo'],
+                scopes: (options['scope'] as string[] | undefined) ?? ['read', 'write'],
+                admin: true,
+              },
+            ],
           },
           log: { level: 'info' },
         };
-        const header = `# Written by \`hsmint softhsm init\` on ${new Date().toISOString()}.\n# The socket (mode 0600) admits only the user who ran init. Every key: systemd/hsmint.example.yaml.\n`;
+        const header = `# Written by \`hsmint softhsm init\` on ${new Date().toISOString()}.\n# The socket (mode 0600) and the policy admit only the user who ran init. Every key:\n# systemd/hsmint.example.yaml.\n`;
         await writeFile(configFile, header + stringify(document), { mode: 0o600, flag: 'wx' });
 
         const config = loadConfig(configFile);

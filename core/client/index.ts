@@ -5,11 +5,24 @@
 import { Agent, request as httpRequest } from 'node:http';
 import { HsmintError, isErrorCode } from '../errors.js';
 import type { VerifyResult } from '../jwt/verify.js';
-import type { HealthResponse, JwksResponse, MintResponse } from '../protocol.js';
+import type {
+  HealthResponse,
+  JwksResponse,
+  MintResponse,
+  ReloadResponse,
+  WhoamiResponse,
+} from '../protocol.js';
 
 export { HsmintError } from '../errors.js';
 export type { ErrorCode, VerifyErrorCode } from '../errors.js';
-export type { HealthResponse, JwksResponse, MintResponse } from '../protocol.js';
+export type {
+  HealthResponse,
+  JwksResponse,
+  MintResponse,
+  ReloadResponse,
+  WhoamiResponse,
+} from '../protocol.js';
+export type { Caller } from '../policy/caller.js';
 export type { VerifyResult } from '../jwt/verify.js';
 
 export const DEFAULT_SOCKET_PATH = '/run/hsmint/hsmint.sock';
@@ -28,6 +41,11 @@ export interface ClientOptions {
   socketPath?: string;
   /** Per request; the daemon answers a mint in milliseconds unless the token is slow. */
   timeoutMs?: number;
+  /**
+   * Connections kept to the daemon (default 8). The daemon limits connections per uid
+   * (`socket.max_connections_per_uid`, 64 by default), shared by all of that uid's processes.
+   */
+  maxConnections?: number;
 }
 
 const MAX_RESPONSE_BYTES = 1024 * 1024;
@@ -44,7 +62,7 @@ export class HsmintClient {
   constructor(options: ClientOptions = {}) {
     this.socketPath = options.socketPath ?? defaultSocketPath();
     this.timeoutMs = options.timeoutMs ?? 10_000;
-    this.agent = new Agent({ keepAlive: true, maxSockets: 64 });
+    this.agent = new Agent({ keepAlive: true, maxSockets: options.maxConnections ?? 8 });
   }
 
   mint(params: MintParams): Promise<MintResponse> {
@@ -57,6 +75,16 @@ export class HsmintClient {
 
   jwks(): Promise<JwksResponse> {
     return this.call<JwksResponse>('GET', '/v1/jwks', undefined, [200]);
+  }
+
+  /** The caller as the daemon sees it, the rule that matched and what it grants. */
+  whoami(): Promise<WhoamiResponse> {
+    return this.call<WhoamiResponse>('GET', '/v1/whoami', undefined, [200]);
+  }
+
+  /** Re-reads hsmint.yaml (admins only); a bad file is refused with ERR_CONFIG_INVALID. */
+  reload(): Promise<ReloadResponse> {
+    return this.call<ReloadResponse>('POST', '/v1/reload', undefined, [200]);
   }
 
   /** `degraded` comes back with 503 and is still an answer, not an error. */

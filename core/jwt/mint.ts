@@ -11,6 +11,8 @@ export interface MintInput {
   scope?: string[];
   /** Extra claims, already checked against the reserved names by the protocol parser. */
   claims?: Record<string, unknown>;
+  /** Who minted it (`azp` and the `hsmint` object), set by the daemon. */
+  minter?: { azp: string; hsmint: Record<string, unknown> };
   ttlSeconds: number;
   now: Date;
 }
@@ -53,6 +55,7 @@ export async function mintToken(
     exp,
     jti,
     ...(input.scope && input.scope.length > 0 ? { scope: input.scope.join(' ') } : {}),
+    ...(input.minter === undefined ? {} : { azp: input.minter.azp, hsmint: input.minter.hsmint }),
     ...extra,
   };
   const signingInput = `${encode(header)}.${encode(payload)}`;

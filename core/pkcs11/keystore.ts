@@ -137,6 +137,19 @@ export class Pkcs11KeyStore implements KeyStore {
 
   /** Re-reads the token: the token, not any cache, is the truth about which keys exist. */
   async reload(): Promise<void> {
+    try {
+      await this.readKeys();
+    } catch (cause) {
+      if (cause instanceof HsmintError) throw cause;
+      const ckr = ckrName(cause) ?? 'unknown error';
+      throw new HsmintError('ERR_HSM_UNAVAILABLE', `reading the keys on the token failed: ${ckr}`, {
+        cause,
+        details: { ckr },
+      });
+    }
+  }
+
+  private async readKeys(): Promise<void> {
     const session = this.token.anchor;
     const found = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, token: true });
     const next = new Map<string, LoadedKey>();

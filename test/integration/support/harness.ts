@@ -57,6 +57,10 @@ export async function makeToken(
     'api',
     '--audience',
     'other',
+    '--subject',
+    'user:{user}',
+    '--subject',
+    'svc:*',
     '--json',
   ]);
   const summary = JSON.parse(stdout) as {
@@ -67,6 +71,8 @@ export async function makeToken(
     kid: string;
   };
   const document = parse(await readFile(summary.config, 'utf8')) as Record<string, any>;
+  // The tests' own rule also lets the owner set two extra claims.
+  document['policy']['rules'][0]['claims'] = { tenant: null, team: null };
   overrides(document);
   await writeFile(summary.config, stringify(document), { mode: 0o600 });
   return {

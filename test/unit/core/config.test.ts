@@ -8,15 +8,24 @@ import { loadProfile } from '../../../core/profiles.js';
 
 const FILE = '/etc/hsmint/hsmint.yaml';
 
-/** The smallest valid config; line numbers below count from 1 at `issuer`. */
+/**
+ * A small valid config with one policy rule; line numbers below count from 1 at `issuer`.
+ * `tokens` comes last and empty, so that tests append its keys from line 10 on.
+ */
 const MINIMAL = [
   'issuer: urn:test', // 1
   'hsm:', // 2
   '  token: hsmint', // 3
   '  pin_file: pin', // 4
-  'tokens:', // 5
-  '  audiences: [api, other]', // 6
+  'policy:', // 5
+  '  rules:', // 6
+  '    - match: {uid: 1000}', // 7
+  '      audiences: [api, other]', // 8
+  'tokens:', // 9
 ].join('\n');
+
+/** The config without the policy: what a daemon that refuses every mint starts with. */
+const NO_POLICY = ['issuer: urn:test', 'hsm:', '  token: hsmint', '  pin_file: pin'].join('\n');
 
 function configError(text: string): HsmintError {
   try {
@@ -42,7 +51,13 @@ describe('parseConfig', () => {
     expect(config).toEqual({
       source: FILE,
       issuer: 'urn:test',
-      socket: { path: '/run/hsmint/hsmint.sock', mode: 0o660, group: undefined },
+      socket: {
+        path: '/run/hsmint/hsmint.sock',
+        mode: 0o660,
+        group: undefined,
+        maxConnectionsPerUid: 64,
+        maxRequestsPerUid: 32,
+      },
       hsm: {
         profile: 'softhsm',
         module: undefined,
@@ -52,9 +67,27 @@ describe('parseConfig', () => {
         environment: {},
       },
       keys: { algorithm: 'ES256', rsaBits: 3072 },
-      tokens: { defaultTtl: 300, maxTtl: 3600, clockSkew: 30, audiences: ['api', 'other'] },
+      tokens: { defaultTtl: 300, maxTtl: 3600, clockSkew: 30 },
+      policy: {
+        rules: [
+          {
+            name: 'rules[0]',
+            match: { uid: [1000] },
+            subjects: [],
+            audiences: ['api', 'other'],
+            scopes: [],
+            claims: {},
+            maxTtl: 3600,
+            admin: false,
+          },
+        ],
+      },
       log: { level: 'info' },
     });
+  });
+
+  it('reads a config without a policy as one with no rules', () => {
+    expect(parseConfig(NO_POLICY, FILE).policy).toEqual({ rules: [] });
   });
 
   it('leaves hsm.sessions to the profile, whose default (softhsm) takes 4', () => {
@@ -73,8 +106,6 @@ describe('parseConfig', () => {
         '  token: hsmint',
         '  pin_file: ../secrets/pin',
         '  module: /usr/lib/softhsm/libsofthsm2.so',
-        'tokens:',
-        '  audiences: [api]',
       ].join('\n'),
       '/srv/app/conf/hsmint.yaml',
     );
@@ -92,6 +123,8 @@ describe('parseConfig', () => {
         '  path: /run/x/x.sock',
         '  mode: "0600"',
         '  group: hsmint-clients',
+        '  max_connections_per_uid: 8',
+        '  max_requests_per_uid: 4',
         'hsm:',
         '  profile: generic',
         '  module: mod.so',
@@ -107,13 +140,37 @@ describe('parseConfig', () => {
         '  default_ttl: 10m',
         '  max_ttl: 2h',
         '  clock_skew: 1m',
-        '  audiences: [a, b]',
+        'policy:',
+        '  rules:',
+        '    - name: billing',
+        '      match:',
+        '        uid: [1000, 1001]',
+        '        user: billing',
+        '        group: [billing, ops]',
+        '        unit: billing.service',
+        '        exe: /usr/bin/node',
+        "      subjects: ['svc:{unit}', 'user:{user}', 'id:{uid}:{gid}:{group}', 'job:*']",
+        '      audiences: [a, b]',
+        '      scopes: [read, "write:all"]',
+        '      claims:',
+        '        tenant: [t1, t2]',
+        '        level: 3',
+        '        beta: [true, false]',
+        '        trace: null',
+        '      max_ttl: 30m',
+        '      admin: true',
         'log:',
         '  level: debug',
       ].join('\n'),
       FILE,
     );
-    expect(config.socket).toEqual({ path: '/run/x/x.sock', mode: 0o600, group: 'hsmint-clients' });
+    expect(config.socket).toEqual({
+      path: '/run/x/x.sock',
+      mode: 0o600,
+      group: 'hsmint-clients',
+      maxConnectionsPerUid: 8,
+      maxRequestsPerUid: 4,
+    });
     expect(config.hsm).toEqual({
       profile: 'generic',
       module: '/etc/hsmint/mod.so',
@@ -123,11 +180,26 @@ describe('parseConfig', () => {
       environment: { SOFTHSM2_CONF: '/etc/softhsm2.conf' },
     });
     expect(config.keys).toEqual({ algorithm: 'PS256', rsaBits: 4096 });
-    expect(config.tokens).toEqual({
-      defaultTtl: 600,
-      maxTtl: 7200,
-      clockSkew: 60,
-      audiences: ['a', 'b'],
+    expect(config.tokens).toEqual({ defaultTtl: 600, maxTtl: 7200, clockSkew: 60 });
+    expect(config.policy).toEqual({
+      rules: [
+        {
+          name: 'billing',
+          match: {
+            uid: [1000, 1001],
+            user: ['billing'],
+            group: ['billing', 'ops'],
+            unit: ['billing.service'],
+            exe: ['/usr/bin/node'],
+          },
+          subjects: ['svc:{unit}', 'user:{user}', 'id:{uid}:{gid}:{group}', 'job:*'],
+          audiences: ['a', 'b'],
+          scopes: ['read', 'write:all'],
+          claims: { tenant: ['t1', 't2'], level: [3], beta: [true, false], trace: null },
+          maxTtl: 1800,
+          admin: true,
+        },
+      ],
     });
     expect(config.log.level).toBe('debug');
   });
@@ -138,8 +210,6 @@ describe('parseConfig', () => {
         'issuer: urn:test',
         'hsm:',
         '  token: "pkcs11:token=hsmint?pin-source=file:pin.txt&module-path=/m.so"',
-        'tokens:',
-        '  audiences: [api]',
       ].join('\n'),
       FILE,
     );
@@ -160,15 +230,15 @@ describe('parseConfig', () => {
 
   describe('refuses, naming the path and line', () => {
     it('an unknown top-level key', () => {
-      expectInvalid(`${MINIMAL}\nissuers: urn:x`, 'issuers', 7);
+      expectInvalid(`${MINIMAL}\nissuers: urn:x`, 'issuers', 10);
     });
 
     it('an unknown nested key', () => {
-      expectInvalid(`${MINIMAL}\n  maxttl: 1h`, 'tokens.maxttl', 7);
+      expectInvalid(`${MINIMAL}\n  maxttl: 1h`, 'tokens.maxttl', 10);
     });
 
     it('an unknown key in a later section', () => {
-      expectInvalid(`${MINIMAL}\nkeys:\n  algorithm: ES256\n  rotate: 30d`, 'keys.rotate', 9);
+      expectInvalid(`${MINIMAL}\nkeys:\n  algorithm: ES256\n  rotate: 30d`, 'keys.rotate', 12);
     });
 
     it('an issuer that is not a string', () => {
@@ -180,7 +250,7 @@ describe('parseConfig', () => {
     });
 
     it('a section that is not a mapping', () => {
-      expectInvalid(`${MINIMAL}\nlog: loud`, 'log', 7);
+      expectInvalid(`${MINIMAL}\nlog: loud`, 'log', 10);
     });
 
     it('a number where a string is expected', () => {
@@ -203,68 +273,76 @@ describe('parseConfig', () => {
       );
     });
 
+    it('tokens.audiences, which moved to the policy rules', () => {
+      expectInvalid(`${MINIMAL}\n  audiences: [api]`, 'tokens.audiences', 10);
+    });
+
     it('audiences that are not a list', () => {
-      expectInvalid(MINIMAL.replace('[api, other]', 'api'), 'tokens.audiences', 6);
+      expectInvalid(MINIMAL.replace('[api, other]', 'api'), 'policy.rules[0].audiences', 8);
     });
 
     it('audiences holding a non-string', () => {
-      expectInvalid(MINIMAL.replace('[api, other]', '[api, 3]'), 'tokens.audiences', 6);
+      expectInvalid(MINIMAL.replace('[api, other]', '[api, 3]'), 'policy.rules[0].audiences', 8);
     });
 
-    it('an empty audience list', () => {
-      expectInvalid(MINIMAL.replace('[api, other]', '[]'), 'tokens.audiences', 6);
+    it('audiences holding an empty string', () => {
+      expectInvalid(MINIMAL.replace('[api, other]', '[api, ""]'), 'policy.rules[0].audiences', 8);
+    });
+
+    it('a rule that matches no one in particular (an empty match)', () => {
+      expectInvalid(MINIMAL.replace('{uid: 1000}', '{}'), 'policy.rules[0].match', 7);
     });
 
     it('a bad duration', () => {
-      expectInvalid(`${MINIMAL}\n  max_ttl: 300`, 'tokens.max_ttl', 7);
+      expectInvalid(`${MINIMAL}\n  max_ttl: 300`, 'tokens.max_ttl', 10);
     });
 
     it('a duration that is not a string', () => {
-      expectInvalid(`${MINIMAL}\n  clock_skew: [30s]`, 'tokens.clock_skew', 7);
+      expectInvalid(`${MINIMAL}\n  clock_skew: [30s]`, 'tokens.clock_skew', 10);
     });
 
     it('default_ttl longer than max_ttl', () => {
-      expectInvalid(`${MINIMAL}\n  default_ttl: 2h\n  max_ttl: 1h`, 'tokens.default_ttl', 7);
+      expectInvalid(`${MINIMAL}\n  default_ttl: 2h\n  max_ttl: 1h`, 'tokens.default_ttl', 10);
     });
 
     it('max_ttl over 24h', () => {
-      expectInvalid(`${MINIMAL}\n  max_ttl: 25h`, 'tokens.max_ttl', 7);
+      expectInvalid(`${MINIMAL}\n  max_ttl: 25h`, 'tokens.max_ttl', 10);
     });
 
     it('clock_skew over 5m', () => {
-      expectInvalid(`${MINIMAL}\n  clock_skew: 6m`, 'tokens.clock_skew', 7);
+      expectInvalid(`${MINIMAL}\n  clock_skew: 6m`, 'tokens.clock_skew', 10);
     });
 
     it('socket mode "0666": others may connect', () => {
-      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0666"`, 'socket.mode', 8);
+      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0666"`, 'socket.mode', 11);
     });
 
     it('socket mode "0661": others may only search, still refused', () => {
-      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0661"`, 'socket.mode', 8);
+      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0661"`, 'socket.mode', 11);
     });
 
     it('socket mode without owner read-write', () => {
-      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0460"`, 'socket.mode', 8);
+      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0460"`, 'socket.mode', 11);
     });
 
     it('an unquoted socket mode (YAML reads it as a decimal number)', () => {
-      expectInvalid(`${MINIMAL}\nsocket:\n  mode: 0660`, 'socket.mode', 8);
+      expectInvalid(`${MINIMAL}\nsocket:\n  mode: 0660`, 'socket.mode', 11);
     });
 
     it('a socket mode that is not octal', () => {
-      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0680"`, 'socket.mode', 8);
+      expectInvalid(`${MINIMAL}\nsocket:\n  mode: "0680"`, 'socket.mode', 11);
     });
 
     it('a bad algorithm', () => {
-      expectInvalid(`${MINIMAL}\nkeys:\n  algorithm: HS256`, 'keys.algorithm', 8);
+      expectInvalid(`${MINIMAL}\nkeys:\n  algorithm: HS256`, 'keys.algorithm', 11);
     });
 
     it('a bad RSA key size', () => {
-      expectInvalid(`${MINIMAL}\nkeys:\n  rsa_bits: 1024`, 'keys.rsa_bits', 8);
+      expectInvalid(`${MINIMAL}\nkeys:\n  rsa_bits: 1024`, 'keys.rsa_bits', 11);
     });
 
     it('a bad log level', () => {
-      expectInvalid(`${MINIMAL}\nlog:\n  level: verbose`, 'log.level', 8);
+      expectInvalid(`${MINIMAL}\nlog:\n  level: verbose`, 'log.level', 11);
     });
 
     it('pin-value in the token URI', () => {
@@ -304,7 +382,7 @@ describe('parseConfig', () => {
   });
 
   it('refuses a missing hsm section', () => {
-    const error = configError('issuer: urn:test\ntokens:\n  audiences: [api]');
+    const error = configError('issuer: urn:test\ntokens:\n  max_ttl: 1h');
     expect(error.code).toBe('ERR_CONFIG_INVALID');
     expect(error.message).toContain('hsm');
   });
@@ -320,8 +398,8 @@ describe('parseConfig', () => {
   it('refuses YAML aliases', () => {
     const error = configError(
       MINIMAL.replace(
-        '  audiences: [api, other]',
-        '  audiences: &list [api]\nlog:\n  level: *list',
+        '      audiences: [api, other]',
+        '      audiences: &list [api]\nlog:\n  level: *list',
       ),
     );
     expect(error.code).toBe('ERR_CONFIG_INVALID');
@@ -342,9 +420,9 @@ describe('parseConfig', () => {
   });
 
   it('refuses duplicate keys', () => {
-    const error = configError(`${MINIMAL}\nissuer: urn:other`);
+    const error = configError(`${MINIMAL}\n  max_ttl: 1h\nissuer: urn:other`);
     expect(error.code).toBe('ERR_CONFIG_INVALID');
-    expect(error.message).toContain('(hsmint.yaml:7)');
+    expect(error.message).toContain('(hsmint.yaml:11)');
   });
 
   it('takes the profile session count for a null hsm.sessions', () => {
@@ -355,19 +433,267 @@ describe('parseConfig', () => {
   });
 
   it('refuses duplicate nested keys', () => {
-    expect(configError(`${MINIMAL}\n  audiences: [x]`).code).toBe('ERR_CONFIG_INVALID');
+    const error = configError(`${MINIMAL}\n  max_ttl: 1h\n  max_ttl: 2h`);
+    expect(error.code).toBe('ERR_CONFIG_INVALID');
+    expect(error.message).toContain('(hsmint.yaml:11)');
   });
 
   it('refuses invalid YAML syntax', () => {
     const error = configError(`${MINIMAL}\nlog: {level: [`);
     expect(error.code).toBe('ERR_CONFIG_INVALID');
-    expect(error.message).toMatch(/\(hsmint\.yaml:7\)$/);
+    expect(error.message).toMatch(/\(hsmint\.yaml:10\)$/);
   });
 
   it('refuses a __proto__ key instead of merging it', () => {
     const error = configError(`${MINIMAL}\n__proto__:\n  issuer: urn:evil`);
     expect(error.code).toBe('ERR_CONFIG_INVALID');
-    expect(error.message).toContain('(hsmint.yaml:7)');
+    expect(error.message).toContain('(hsmint.yaml:10)');
+  });
+});
+
+/**
+ * NO_POLICY (lines 1-4), `policy:` (5), `rules:` (6) and one rule whose first line is 7; each
+ * further line of `lines` is the next line of the same rule. `after` is appended as is.
+ */
+function withRule(lines: string[], after = ''): string {
+  return [
+    NO_POLICY,
+    'policy:',
+    '  rules:',
+    ...lines.map((line, i) => (i === 0 ? `    - ${line}` : `      ${line}`)),
+    after,
+  ].join('\n');
+}
+
+describe('parseConfig policy', () => {
+  it('reads uid as a scalar or a list, and names unnamed rules by their index', () => {
+    const config = parseConfig(
+      [
+        NO_POLICY,
+        'policy:',
+        '  rules:',
+        '    - match: {uid: 0}',
+        '    - name: second',
+        '      match: {uid: [1000, 1001], user: [a, b]}',
+        '    - match: {group: admins}',
+      ].join('\n'),
+      FILE,
+    );
+    expect(config.policy.rules.map((rule) => [rule.name, rule.match])).toEqual([
+      ['rules[0]', { uid: [0] }],
+      ['second', { uid: [1000, 1001], user: ['a', 'b'] }],
+      ['rules[2]', { group: ['admins'] }],
+    ]);
+  });
+
+  it("takes tokens.max_ttl as a rule's max_ttl when it names none", () => {
+    const config = parseConfig(withRule(['match: {uid: 1}'], 'tokens:\n  max_ttl: 2h'), FILE);
+    expect(config.policy.rules[0]?.maxTtl).toBe(7200);
+  });
+
+  it('reads a rule max_ttl equal to tokens.max_ttl', () => {
+    const config = parseConfig(withRule(['match: {uid: 1}', 'max_ttl: 1h']), FILE);
+    expect(config.policy.rules[0]?.maxTtl).toBe(3600);
+  });
+
+  it('accepts an admin rule that grants no audience', () => {
+    const rule = parseConfig(withRule(['match: {group: admins}', 'admin: true']), FILE).policy
+      .rules[0];
+    expect(rule).toMatchObject({ audiences: [], subjects: [], admin: true });
+  });
+
+  it('reads a single allowed claim value as a list of one, and null as any value', () => {
+    const rule = parseConfig(
+      withRule([
+        'match: {uid: 1}',
+        'claims:',
+        '  tenant: acme',
+        '  n: 0',
+        '  on: false',
+        '  any: ~',
+      ]),
+      FILE,
+    ).policy.rules[0];
+    expect(rule?.claims).toEqual({ tenant: ['acme'], n: [0], on: [false], any: null });
+  });
+
+  it.each(['svc:{uid}', '{user}@{group}', 'g:{gid}', 'unit/{unit}', 'literal', 'svc:*', 'a*'])(
+    'accepts the subject %s',
+    (subject) => {
+      const rule = parseConfig(withRule(['match: {uid: 1}', `subjects: ['${subject}']`]), FILE)
+        .policy.rules[0];
+      expect(rule?.subjects).toEqual([subject]);
+    },
+  );
+
+  describe('refuses, naming the path and line', () => {
+    it('rules that are not a list', () => {
+      expectInvalid(`${NO_POLICY}\npolicy:\n  rules: {a: 1}`, 'policy.rules', 6);
+    });
+
+    it('an unknown key in policy', () => {
+      expectInvalid(`${NO_POLICY}\npolicy:\n  rule: []`, 'policy.rule', 6);
+    });
+
+    it('a rule that is not a mapping', () => {
+      expectInvalid(`${NO_POLICY}\npolicy:\n  rules:\n    - uid 1000`, 'policy.rules[0]', 7);
+    });
+
+    it('an unknown key in a rule', () => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', 'audience: [api]']),
+        'policy.rules[0].audience',
+        8,
+      );
+    });
+
+    it('a rule without match', () => {
+      expectInvalid(withRule(['audiences: [api]']), 'policy.rules[0].match', 7);
+    });
+
+    it('a rule whose match is empty', () => {
+      expectInvalid(withRule(['match: {}', 'audiences: [api]']), 'policy.rules[0].match', 7);
+    });
+
+    it('an unknown match key', () => {
+      expectInvalid(withRule(['match: {pid: 1}']), 'policy.rules[0].match.pid', 7);
+    });
+
+    it.each(['-1', '1.5', 'root', '[]', '[1, x]', '4294967296', '~'])('uid %s', (uid) => {
+      expectInvalid(withRule(['match:', `  uid: ${uid}`]), 'policy.rules[0].match.uid', 8);
+    });
+
+    it.each(['user', 'group', 'unit'])('an empty %s', (key) => {
+      expectInvalid(withRule(['match:', `  ${key}: ""`]), `policy.rules[0].match.${key}`, 8);
+    });
+
+    it('a relative exe', () => {
+      expectInvalid(
+        withRule(['match:', '  exe: [/usr/bin/node, node]']),
+        'policy.rules[0].match.exe',
+        8,
+      );
+    });
+
+    it('two rules with the same name', () => {
+      expectInvalid(
+        [
+          NO_POLICY,
+          'policy:',
+          '  rules:',
+          '    - name: a',
+          '      match: {uid: 1}',
+          '    - name: a',
+          '      match: {uid: 2}',
+        ].join('\n'),
+        'policy.rules[1].name',
+        9,
+      );
+    });
+
+    it('a name that another rule takes by default', () => {
+      expectInvalid(
+        [
+          NO_POLICY,
+          'policy:',
+          '  rules:',
+          "    - name: 'rules[1]'",
+          '      match: {uid: 1}',
+          '    - match: {uid: 2}',
+        ].join('\n'),
+        'policy.rules[1].name',
+        9,
+      );
+    });
+
+    it('subjects that are not a list', () => {
+      expectInvalid(withRule(['match: {uid: 1}', 'subjects: svc']), 'policy.rules[0].subjects', 8);
+    });
+
+    it.each(['svc:{pid}', 'svc:{exe}', 'svc:{User}', 'svc:{}', '{groups}'])(
+      'the unknown placeholder in %s',
+      (subject) => {
+        expectInvalid(
+          withRule(['match: {uid: 1}', 'subjects:', '  - ok', `  - '${subject}'`]),
+          'policy.rules[0].subjects[1]',
+          10,
+        );
+      },
+    );
+
+    it.each(['*', '{user}:*', 'a**', '*a*', 'a*b'])('the ill-formed prefix %s', (subject) => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', `subjects: ['${subject}']`]),
+        'policy.rules[0].subjects[0]',
+        8,
+      );
+    });
+
+    it.each(['has space', 'quo"te', 'back\\slash', ''])('the scope %j', (scope) => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', `scopes: [read, ${JSON.stringify(scope)}]`]),
+        'policy.rules[0].scopes',
+        8,
+      );
+    });
+
+    it.each(['iss', 'sub', 'aud', 'exp', 'jti', 'scope', 'azp', 'hsmint', 'cnf', '__proto__'])(
+      'the reserved claim %s',
+      (claim) => {
+        expectInvalid(
+          withRule(['match: {uid: 1}', 'claims:', `  ${claim}: ~`]),
+          `policy.rules[0].claims.${claim}`,
+          9,
+        );
+      },
+    );
+
+    it.each(['{a: 1}', '[]', '[[a]]', '[a, {b: 1}]'])('the claim values %s', (values) => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', 'claims:', `  tenant: ${values}`]),
+        'policy.rules[0].claims.tenant',
+        9,
+      );
+    });
+
+    it('claims that are not a mapping', () => {
+      expectInvalid(withRule(['match: {uid: 1}', 'claims: [tenant]']), 'policy.rules[0].claims', 8);
+    });
+
+    it('a rule max_ttl over tokens.max_ttl', () => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', 'max_ttl: 2h'], 'tokens:\n  max_ttl: 1h'),
+        'policy.rules[0].max_ttl',
+        8,
+      );
+    });
+
+    it('a rule max_ttl that is not a duration', () => {
+      expectInvalid(withRule(['match: {uid: 1}', 'max_ttl: 300']), 'policy.rules[0].max_ttl', 8);
+    });
+
+    it.each(['yes', '"true"', '1'])('admin %s', (admin) => {
+      expectInvalid(withRule(['match: {uid: 1}', `admin: ${admin}`]), 'policy.rules[0].admin', 8);
+    });
+  });
+});
+
+describe('parseConfig edge cases', () => {
+  it('takes tokens.max_ttl for a null rule max_ttl', () => {
+    const config = parseConfig(
+      MINIMAL.replace(
+        '      audiences: [api, other]',
+        '      audiences: [api, other]\n      max_ttl: ~',
+      ),
+      FILE,
+    );
+    expect(config.policy.rules[0]!.maxTtl).toBe(config.tokens.maxTtl);
+  });
+
+  it('names the duplicate key line even after a key with an empty value', () => {
+    const error = configError(`${MINIMAL}\nissuer: urn:other`);
+    expect(error.code).toBe('ERR_CONFIG_INVALID');
+    expect(error.message).toContain('(hsmint.yaml:10)');
   });
 });
 

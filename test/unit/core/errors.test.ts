@@ -59,19 +59,32 @@ describe('HsmintError', () => {
     ['ERR_UNSUPPORTED_MEDIA_TYPE', 415],
     ['ERR_INVALID_REQUEST', 400],
     ['ERR_AUDIENCE_NOT_ALLOWED', 403],
+    ['ERR_FORBIDDEN', 403],
+    ['ERR_SUBJECT_NOT_ALLOWED', 403],
+    ['ERR_SCOPE_NOT_ALLOWED', 403],
+    ['ERR_CLAIM_NOT_ALLOWED', 403],
+    ['ERR_TTL_TOO_LONG', 400],
+    ['ERR_TOO_MANY_CONNECTIONS', 429],
+    ['ERR_TOO_MANY_REQUESTS', 429],
+    // A reload over the socket answers a refused or unreadable config; the old config stays.
+    ['ERR_CONFIG_INVALID', 422],
+    ['ERR_CONFIG_UNREADABLE', 422],
     ['ERR_HSM_UNAVAILABLE', 503],
     ['ERR_INTERNAL', 500],
   ] as const)('travels %s with status %d', (code, status) => {
     expect(new HsmintError(code, 'x').status).toBe(status);
   });
 
-  it.each(['ERR_CONFIG_INVALID', 'ERR_TOKEN_EXPIRED', 'ERR_PIN_INCORRECT', 'ERR_USAGE'] as const)(
-    'falls back to 500 for %s, whose status is null',
-    (code) => {
-      expect(ERROR_CODES[code].status).toBeNull();
-      expect(new HsmintError(code, 'x').status).toBe(500);
-    },
-  );
+  it.each([
+    'ERR_DURATION_INVALID',
+    'ERR_TOKEN_EXPIRED',
+    'ERR_PIN_INCORRECT',
+    'ERR_USAGE',
+    'ERR_NATIVE_UNAVAILABLE',
+  ] as const)('falls back to 500 for %s, whose status is null', (code) => {
+    expect(ERROR_CODES[code].status).toBeNull();
+    expect(new HsmintError(code, 'x').status).toBe(500);
+  });
 
   it('serialises to {code, message} only: no stack, cause or details', () => {
     const error = new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign', {

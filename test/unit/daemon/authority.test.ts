@@ -1,12 +1,21 @@
 import { pino } from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { HsmintError } from '../../../core/errors.js';
+import type { MintRequest } from '../../../core/protocol.js';
 import { Authority } from '../../../daemon/authority.js';
-import { testConfig } from '../../support/config.js';
+import { adminCaller, strangerCaller, testCaller, testConfig } from '../../support/config.js';
 import { MemoryKeyStore } from '../../support/memory-keystore.js';
 
 const NOW = new Date('2026-11-28T14:00:00Z');
 const NOW_S = NOW.getTime() / 1000;
+const CALLER = testCaller();
+
+/** The claims of a compact JWS, decoded without verifying. */
+function payloadOf(token: string): Record<string, unknown> {
+  const part = token.split('.')[1];
+  if (part === undefined) throw new Error('not a compact JWS');
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as Record<string, unknown>;
+}
 
 async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
   try {
@@ -21,6 +30,11 @@ async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
 describe('Authority', () => {
   let store: MemoryKeyStore;
   let authority: Authority;
+
+  /** Mints as the `svc` caller under the authority's current policy. */
+  function mint(request: MintRequest, caller = CALLER) {
+    return authority.mint(request, caller, authority.settings);
+  }
 
   beforeEach(async () => {
     store = new MemoryKeyStore({ now: () => NOW });
@@ -71,7 +85,7 @@ describe('Authority', () => {
 
   describe('mint', () => {
     it('mints a token that the authority verifies', async () => {
-      const minted = await authority.mint({ aud: 'api' });
+      const minted = await mint({ aud: 'api' });
       expect(minted.kid).toBe(authority.activeKey.kid);
       expect(minted.alg).toBe('ES256');
       const result = await authority.verify({ token: minted.token, aud: 'api' });
@@ -81,35 +95,129 @@ describe('Authority', () => {
     });
 
     it('uses the default ttl when none is asked for', async () => {
-      const minted = await authority.mint({ aud: 'api' });
+      const minted = await mint({ aud: 'api' });
       expect(minted.iat).toBe(NOW_S);
       expect(minted.exp - minted.iat).toBe(300);
     });
 
     it('uses the asked ttl up to max_ttl', async () => {
-      const minted = await authority.mint({ aud: 'api', ttl: 3600 });
+      const minted = await mint({ aud: 'api', ttl: 3600 });
       expect(minted.exp - minted.iat).toBe(3600);
     });
 
-    it('refuses an audience not in the list, without signing', async () => {
-      const error = await rejection(authority.mint({ aud: 'elsewhere' }));
+    it("refuses an audience outside the caller's rule, without signing", async () => {
+      const error = await rejection(mint({ aud: 'elsewhere' }));
       expect(error.code).toBe('ERR_AUDIENCE_NOT_ALLOWED');
       expect(store.signCalls).toBe(0);
     });
 
-    it('refuses a list holding one audience not in the list', async () => {
-      const error = await rejection(authority.mint({ aud: ['api', 'elsewhere'] }));
+    it("refuses a list holding one audience outside the caller's rule", async () => {
+      const error = await rejection(mint({ aud: ['api', 'elsewhere'] }));
       expect(error.code).toBe('ERR_AUDIENCE_NOT_ALLOWED');
     });
 
-    it('accepts a list of allowed audiences', async () => {
-      const minted = await authority.mint({ aud: ['api', 'other'] });
+    it("accepts a list of the rule's audiences", async () => {
+      const minted = await mint({ aud: ['api', 'other'] });
       const result = await authority.verify({ token: minted.token, aud: 'other' });
       expect(result.valid).toBe(true);
     });
 
     it('refuses a ttl over max_ttl and signs nothing', async () => {
-      const error = await rejection(authority.mint({ aud: 'api', ttl: 3601 }));
+      const error = await rejection(mint({ aud: 'api', ttl: 3601 }));
+      expect(error.code).toBe('ERR_TTL_TOO_LONG');
+      expect(store.signCalls).toBe(0);
+    });
+
+    it('puts the default subject in sub and azp, and the caller and rule in hsmint', async () => {
+      const minted = await mint({ aud: 'api' });
+      const claims = payloadOf(minted.token);
+      expect(claims['sub']).toBe('svc:billing.service');
+      expect(claims['azp']).toBe('svc:billing.service');
+      expect(claims['hsmint']).toEqual({ uid: 1000, unit: 'billing.service', rule: 'svc' });
+    });
+
+    it('keeps the default subject in azp when another granted subject is asked for', async () => {
+      const minted = await mint({ aud: 'api', sub: 'batch:nightly' });
+      const claims = payloadOf(minted.token);
+      expect(claims['sub']).toBe('batch:nightly');
+      expect(claims['azp']).toBe('svc:billing.service');
+    });
+
+    it('leaves unit out of hsmint for a caller without one, and falls back to the next subject', async () => {
+      const { unit: _unit, ...noUnit } = CALLER;
+      const minted = await mint({ aud: 'api' }, noUnit);
+      const claims = payloadOf(minted.token);
+      expect(claims['sub']).toBe('user:svc');
+      expect(claims['azp']).toBe('user:svc');
+      expect(claims['hsmint']).toEqual({ uid: 1000, rule: 'svc' });
+    });
+
+    it('names the admins rule in hsmint for an admin caller', async () => {
+      const minted = await mint({ aud: 'api' }, adminCaller());
+      const claims = payloadOf(minted.token);
+      expect(claims['sub']).toBe('user:root');
+      expect(claims['hsmint']).toEqual({ uid: 0, unit: 'ops.service', rule: 'admins' });
+    });
+
+    it('puts granted scopes and claims in the token', async () => {
+      const minted = await mint({
+        aud: 'api',
+        scope: ['read', 'write'],
+        claims: { tenant: 't2', trace: { id: 'abc' } },
+      });
+      const claims = payloadOf(minted.token);
+      expect(claims['scope']).toBe('read write');
+      expect(claims['tenant']).toBe('t2');
+      expect(claims['trace']).toEqual({ id: 'abc' });
+    });
+
+    it('refuses a caller that no rule matches with ERR_FORBIDDEN, signing nothing', async () => {
+      const error = await rejection(mint({ aud: 'api' }, strangerCaller()));
+      expect(error.code).toBe('ERR_FORBIDDEN');
+      expect(error.status).toBe(403);
+      expect(store.signCalls).toBe(0);
+    });
+
+    it('refuses everyone under an empty policy', async () => {
+      const error = await rejection(
+        authority.mint({ aud: 'api' }, CALLER, { ...authority.settings, policy: { rules: [] } }),
+      );
+      expect(error.code).toBe('ERR_FORBIDDEN');
+      expect(store.signCalls).toBe(0);
+    });
+
+    it.each<[string, MintRequest, string]>([
+      ['a subject', { aud: 'api', sub: 'svc:other.service' }, 'ERR_SUBJECT_NOT_ALLOWED'],
+      ['a scope', { aud: 'api', scope: ['admin'] }, 'ERR_SCOPE_NOT_ALLOWED'],
+      ['a claim', { aud: 'api', claims: { role: 'x' } }, 'ERR_CLAIM_NOT_ALLOWED'],
+      ['a claim value', { aud: 'api', claims: { tenant: 't3' } }, 'ERR_CLAIM_NOT_ALLOWED'],
+    ])(
+      'refuses %s outside the rule with its code, signing nothing',
+      async (_what, request, code) => {
+        const error = await rejection(mint(request));
+        expect(error.code).toBe(code);
+        expect(store.signCalls).toBe(0);
+      },
+    );
+
+    it("uses the policy it is given, not the authority's own", async () => {
+      const policy = { rules: [{ ...authority.policy.rules[0]!, audiences: ['elsewhere'] }] };
+      const minted = await authority.mint({ aud: 'elsewhere' }, CALLER, {
+        ...authority.settings,
+        policy,
+      });
+      expect(payloadOf(minted.token)['aud']).toBe('elsewhere');
+      const error = await rejection(
+        authority.mint({ aud: 'api' }, CALLER, { ...authority.settings, policy }),
+      );
+      expect(error.code).toBe('ERR_AUDIENCE_NOT_ALLOWED');
+    });
+
+    it('still caps ttl at tokens.max_ttl under a policy whose rule allows more', async () => {
+      const policy = { rules: [{ ...authority.policy.rules[0]!, maxTtl: 7200 }] };
+      const error = await rejection(
+        authority.mint({ aud: 'api', ttl: 3601 }, CALLER, { ...authority.settings, policy }),
+      );
       expect(error.code).toBe('ERR_TTL_TOO_LONG');
       expect(store.signCalls).toBe(0);
     });
@@ -117,7 +225,7 @@ describe('Authority', () => {
     it('reports a failing sign as ERR_HSM_UNAVAILABLE and turns degraded until a good signature', async () => {
       expect(authority.health().status).toBe('ok');
       store.signError = new Error('the token is gone');
-      const error = await rejection(authority.mint({ aud: 'api' }));
+      const error = await rejection(mint({ aud: 'api' }));
       expect(error.code).toBe('ERR_HSM_UNAVAILABLE');
       expect(error.status).toBe(503);
       const degraded = authority.health();
@@ -125,7 +233,7 @@ describe('Authority', () => {
       expect(degraded.reason).toBeDefined();
 
       store.signError = undefined;
-      await authority.mint({ aud: 'api' });
+      await mint({ aud: 'api' });
       const healed = authority.health();
       expect(healed.status).toBe('ok');
       expect(healed).not.toHaveProperty('reason');
@@ -140,7 +248,7 @@ describe('Authority', () => {
           details: { ckr: 'CKR_DEVICE_REMOVED' },
         },
       );
-      const error = await rejection(authority.mint({ aud: 'api' }));
+      const error = await rejection(mint({ aud: 'api' }));
       expect(error.code).toBe('ERR_HSM_UNAVAILABLE');
       expect(JSON.stringify(error.toJSON())).not.toContain('CKR_');
       expect(authority.health().status).toBe('degraded');
@@ -149,9 +257,78 @@ describe('Authority', () => {
 
     it('passes another HsmintError from the store through without turning degraded', async () => {
       store.signError = new HsmintError('ERR_KEY_NOT_FOUND', 'gone');
-      const error = await rejection(authority.mint({ aud: 'api' }));
+      const error = await rejection(mint({ aud: 'api' }));
       expect(error.code).toBe('ERR_KEY_NOT_FOUND');
       expect(authority.health().status).toBe('ok');
+    });
+  });
+
+  describe('grant', () => {
+    it("returns the caller's grant with its templates filled in", () => {
+      expect(authority.grant(CALLER, authority.policy)).toEqual({
+        rule: 'svc',
+        subjects: ['svc:billing.service', 'user:svc'],
+        subjectPrefixes: ['batch:'],
+        audiences: ['api', 'other'],
+        scopes: ['read', 'write'],
+        claims: { tenant: ['t1', 't2'], trace: null },
+        maxTtl: 3600,
+        admin: false,
+      });
+    });
+
+    it('throws ERR_FORBIDDEN for a caller that no rule matches', () => {
+      let code: string | undefined;
+      try {
+        authority.grant(strangerCaller(), authority.policy);
+      } catch (error) {
+        code = (error as HsmintError).code;
+      }
+      expect(code).toBe('ERR_FORBIDDEN');
+    });
+  });
+
+  describe('whoami', () => {
+    it('answers rule null and grants null for a caller that no rule matches', () => {
+      const caller = strangerCaller();
+      expect(authority.whoami(caller, authority.policy)).toEqual({
+        caller,
+        rule: null,
+        grants: null,
+      });
+    });
+
+    it('describes the grants of a matched caller', () => {
+      expect(authority.whoami(CALLER, authority.policy)).toEqual({
+        caller: CALLER,
+        rule: 'svc',
+        grants: {
+          subjects: ['svc:billing.service', 'user:svc'],
+          subject_prefixes: ['batch:*'],
+          default_subject: 'svc:billing.service',
+          audiences: ['api', 'other'],
+          scopes: ['read', 'write'],
+          claims: { tenant: ['t1', 't2'], trace: null },
+          max_ttl: 3600,
+          admin: false,
+        },
+      });
+    });
+
+    it('answers admin true under an admin rule', () => {
+      const whoami = authority.whoami(adminCaller(), authority.policy);
+      expect(whoami.rule).toBe('admins');
+      expect(whoami.grants?.admin).toBe(true);
+      expect(whoami.grants?.default_subject).toBe('user:root');
+      expect(whoami.grants?.subject_prefixes).toEqual([]);
+    });
+
+    it('answers default_subject null when no subject renders for the caller', () => {
+      const { user: _user, ...noUser } = adminCaller();
+      const whoami = authority.whoami(noUser, authority.policy);
+      expect(whoami.rule).toBe('admins');
+      expect(whoami.grants?.subjects).toEqual([]);
+      expect(whoami.grants?.default_subject).toBeNull();
     });
   });
 
@@ -186,15 +363,25 @@ describe('Authority', () => {
   });
 
   describe('reconfigure', () => {
-    it('applies new token limits and reports sections that need a restart', async () => {
+    it('applies a new policy and reports sections that need a restart', async () => {
       const next = testConfig('socket:\n  path: /run/other.sock');
+      const [svc, ...rest] = next.policy.rules;
+      if (!svc) throw new Error('testConfig() has no svc rule');
       const restart = await authority.reconfigure({
         ...next,
-        tokens: { ...next.tokens, audiences: ['api', 'other', 'third'] },
+        policy: { rules: [{ ...svc, audiences: ['api', 'other', 'third'] }, ...rest] },
       });
       expect(restart).toEqual(['socket']);
-      const minted = await authority.mint({ aud: 'third' });
+      const minted = await mint({ aud: 'third' });
       expect(minted.kid).toBe(authority.activeKey.kid);
+    });
+
+    it('applies new connection limits without a restart', async () => {
+      const restart = await authority.reconfigure(
+        testConfig('socket:\n  max_connections_per_uid: 2\n  max_requests_per_uid: 1'),
+      );
+      expect(restart).toEqual([]);
+      expect(authority.limits).toEqual({ connections: 2, requests: 1 });
     });
   });
 });

@@ -23,6 +23,7 @@ function fakeClient(clock: { ms: number }) {
       const iat = Math.floor(clock.ms / 1000);
       return {
         token: `token-${calls.length}`,
+        sub: 'svc:test',
         jti: `jti-${calls.length}`,
         kid: 'kid',
         alg: 'ES256',

@@ -1,0 +1,109 @@
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import { kernelOnly, type Caller } from '../core/policy/caller.js';
+import { parseCgroupUnit, parseIdNames, parseStartTime, parseStatus } from '../core/policy/proc.js';
+import { native } from './native.js';
+
+/** uid/gid -> name, re-read when /etc/passwd or /etc/group changes. */
+class NameTable {
+  private names = new Map<number, string>();
+  private stamp = -1;
+
+  constructor(private readonly file: string) {}
+
+  name(id: number): string | undefined {
+    let mtime = 0;
+    try {
+      mtime = statSync(this.file).mtimeMs;
+    } catch {
+      return undefined;
+    }
+    if (mtime !== this.stamp) {
+      this.names = parseIdNames(readFileSync(this.file, 'utf8'));
+      this.stamp = mtime;
+    }
+    return this.names.get(id);
+  }
+}
+
+const users = new NameTable('/etc/passwd');
+const groups = new NameTable('/etc/group');
+
+function read(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** What a connection remembers of its peer: the kernel's word and the /proc facts. */
+export interface Peer {
+  caller: Caller;
+  /** Start time of the pid at connect; a different one later means the pid was reused. */
+  startTime: string | undefined;
+}
+
+/**
+ * Identifies the process at the other end of a just-accepted connection, before any of its
+ * bytes are read. The kernel's pid/uid/gid are facts; /proc is read between two readings of
+ * the pid's start time, and its facts are kept only if the start time held still and the
+ * process still has the uid that connected (after SPIRE's unix workload attestor).
+ */
+export function identifyPeer(socket: Socket): Peer {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('the connection has no file descriptor');
+  const { pid, uid, gid } = native().peerCredentials(fd);
+  const user = users.name(uid);
+  const primary = groups.name(gid);
+  const base: Caller = {
+    pid,
+    uid,
+    gid,
+    ...(user === undefined ? {} : { user }),
+    groups: [],
+    verified: false,
+  };
+  const untrusted = { caller: kernelOnly(base, primary), startTime: undefined };
+  if (pid <= 0) return untrusted;
+
+  const before = parseStartTime(read(`/proc/${pid}/stat`) ?? '');
+  const status = parseStatus(read(`/proc/${pid}/status`) ?? '');
+  const cgroup = parseCgroupUnit(read(`/proc/${pid}/cgroup`) ?? '');
+  let exe: string | undefined;
+  try {
+    exe = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    exe = undefined;
+  }
+  const after = parseStartTime(read(`/proc/${pid}/stat`) ?? '');
+  // The effective uid (second Uid field) must still be the one the kernel saw at connect.
+  if (before === undefined || before !== after || !status || status.uids[1] !== uid)
+    return untrusted;
+
+  const names = new Set<string>();
+  for (const id of [gid, ...status.groups]) {
+    const name = groups.name(id);
+    if (name !== undefined) names.add(name);
+  }
+  const caller: Caller = {
+    ...base,
+    ...(primary === undefined ? {} : { group: primary }),
+    groups: [...names],
+    ...(exe !== undefined && !exe.endsWith(' (deleted)') ? { exe } : {}),
+    ...(cgroup?.unit === undefined ? {} : { unit: cgroup.unit }),
+    verified: true,
+  };
+  return { caller, startTime: before };
+}
+
+/**
+ * The caller for a request on a connection: the connect-time facts while the pid still has
+ * the same start time, else only what the kernel said (the process is gone or was replaced).
+ */
+export function currentCaller(peer: Peer): Caller {
+  if (!peer.caller.verified) return peer.caller;
+  const now = parseStartTime(read(`/proc/${peer.caller.pid}/stat`) ?? '');
+  if (now === peer.startTime) return peer.caller;
+  return kernelOnly(peer.caller, peer.caller.group);
+}
