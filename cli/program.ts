@@ -4,6 +4,7 @@ import { keysCommand } from './commands/keys.js';
 import { mintCommand } from './commands/mint.js';
 import { softhsmCommand } from './commands/softhsm.js';
 import { statusCommand } from './commands/status.js';
+import { revokeCommand } from './commands/revoke.js';
 import { verifyCommand } from './commands/verify.js';
 import { reloadCommand, whoamiCommand } from './commands/whoami.js';
 import type { CliContext } from './context.js';
@@ -33,6 +34,7 @@ export function createProgram(context: CliContext): Command {
     whoamiCommand,
     reloadCommand,
     keysCommand,
+    revokeCommand,
     softhsmCommand,
   ]) {
     const command = factory(context);

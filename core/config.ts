@@ -45,8 +45,15 @@ export interface Config {
     sessions: number | undefined;
     environment: Record<string, string>;
   };
-  keys: { algorithm: Algorithm; rsaBits: RsaKeySize };
-  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number };
+  keys: {
+    algorithm: Algorithm;
+    rsaBits: RsaKeySize;
+    rotationPeriod: number;
+    publishAhead: number;
+    /** Where the key states and the revocation list live (absolute). */
+    stateDir: string;
+  };
+  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number; maxRevocations: number };
   policy: Policy;
   log: { level: LogLevel };
 }
@@ -60,11 +67,21 @@ export const DEFAULTS = {
   profile: 'softhsm',
   algorithm: DEFAULT_ALGORITHM,
   rsaBits: 3072 as RsaKeySize,
+  rotationPeriod: '7d',
+  publishAhead: '1h',
+  stateDir: '/var/lib/hsmint',
+  maxRevocations: 100_000,
   defaultTtl: '5m',
   maxTtl: '1h',
   clockSkew: '30s',
   logLevel: 'info' as LogLevel,
 } as const;
+
+/**
+ * How long a verifier may cache the JWKS (`Cache-Control: max-age` on GET /v1/jwks). Key
+ * rotation publishes every new key at least this long before it signs.
+ */
+export const JWKS_MAX_AGE_SECONDS = 300;
 
 /** Skew beyond this makes `exp` meaningless; refuse it rather than trust a broken clock. */
 const MAX_CLOCK_SKEW_SECONDS = 300;
@@ -294,8 +311,23 @@ export function parseConfig(text: string, file: string): Config {
     read.fail(['hsm', 'pin_file'], 'is required (or pin-source in the token URI)');
   const moduleText = read.optionalString(['hsm', 'module']) ?? token.modulePath;
 
-  read.section(['keys'], ['algorithm', 'rsa_bits']);
-  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew']);
+  read.section(
+    ['keys'],
+    ['algorithm', 'rsa_bits', 'rotation_period', 'publish_ahead', 'state_dir'],
+  );
+  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew', 'max_revocations']);
+  const rotationPeriod = read.duration(['keys', 'rotation_period'], DEFAULTS.rotationPeriod);
+  const publishAhead = read.duration(['keys', 'publish_ahead'], DEFAULTS.publishAhead);
+  // A verifier may cache the JWKS this long: a key published for less could sign tokens
+  // that a verifier with a fresh-enough cache has never heard of.
+  if (publishAhead < JWKS_MAX_AGE_SECONDS) {
+    read.fail(
+      ['keys', 'publish_ahead'],
+      `at least ${JWKS_MAX_AGE_SECONDS / 60}m, the JWKS cache time verifiers are told (Cache-Control max-age)`,
+    );
+  }
+  if (publishAhead >= rotationPeriod)
+    read.fail(['keys', 'publish_ahead'], 'must be shorter than keys.rotation_period');
   const defaultTtl = read.duration(['tokens', 'default_ttl'], DEFAULTS.defaultTtl);
   const maxTtl = read.duration(['tokens', 'max_ttl'], DEFAULTS.maxTtl);
   const clockSkew = read.duration(['tokens', 'clock_skew'], DEFAULTS.clockSkew);
@@ -342,8 +374,21 @@ export function parseConfig(text: string, file: string): Config {
     keys: {
       algorithm: read.oneOf(['keys', 'algorithm'], ALGORITHMS, DEFAULTS.algorithm),
       rsaBits: read.oneOf(['keys', 'rsa_bits'], RSA_KEY_SIZES, DEFAULTS.rsaBits),
+      rotationPeriod,
+      publishAhead,
+      stateDir: absolute(read.string(['keys', 'state_dir'], DEFAULTS.stateDir)),
     },
-    tokens: { defaultTtl, maxTtl, clockSkew },
+    tokens: {
+      defaultTtl,
+      maxTtl,
+      clockSkew,
+      maxRevocations: read.integer(
+        ['tokens', 'max_revocations'],
+        DEFAULTS.maxRevocations,
+        1,
+        10_000_000,
+      ),
+    },
     policy,
     log: { level: read.oneOf(['log', 'level'], LOG_LEVELS, DEFAULTS.logLevel) },
   };

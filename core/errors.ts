@@ -64,6 +64,14 @@ export const ERROR_CODES = {
     status: 429,
     meaning: 'The caller uid has too many requests in flight (`socket.max_requests_per_uid`).',
   },
+  ERR_REVOCATION_LIST_FULL: {
+    status: 507,
+    meaning: 'The revocation list is full (`tokens.max_revocations` entries not yet expired).',
+  },
+  ERR_STATE_UNAVAILABLE: {
+    status: 503,
+    meaning: 'The key state or revocation file in `keys.state_dir` cannot be read or written.',
+  },
   ERR_HSM_UNAVAILABLE: {
     status: 503,
     meaning: 'The token failed or is unreachable; details are in the daemon log.',
@@ -85,6 +93,8 @@ export const ERROR_CODES = {
     meaning: '`kid` is missing or names no key of this issuer.',
   },
   ERR_TOKEN_SIGNATURE_INVALID: { status: null, meaning: 'The signature does not verify.' },
+  ERR_TOKEN_REVOKED: { status: null, meaning: 'The token (its jti) was revoked before its exp.' },
+  ERR_TOKEN_KEY_REVOKED: { status: null, meaning: 'The key that signed the token was revoked.' },
   ERR_TOKEN_EXPIRED: { status: null, meaning: '`exp` has passed (beyond the allowed clock skew).' },
   ERR_TOKEN_NOT_YET_VALID: {
     status: null,
@@ -137,7 +147,7 @@ export const ERROR_CODES = {
     status: null,
     meaning: 'The algorithm is not one hsmint signs with, or the token lacks its mechanism.',
   },
-  ERR_KEY_NOT_FOUND: { status: null, meaning: 'No usable hsmint key is on the token.' },
+  ERR_KEY_NOT_FOUND: { status: 404, meaning: 'No such hsmint key, or no usable key on the token.' },
   ERR_SOCKET_IN_USE: { status: null, meaning: 'Another process is listening on the socket path.' },
   ERR_SOCKET_PATH_INVALID: {
     status: null,
@@ -153,6 +163,36 @@ export const ERROR_CODES = {
   ERR_NATIVE_UNAVAILABLE: {
     status: null,
     meaning: "hsmint's native addon (SO_PEERCRED, sd_notify) is not built or does not load.",
+  },
+
+  // The internal CA and the offline verification bundle (never on the wire)
+  ERR_CA_INVALID: {
+    status: null,
+    meaning:
+      'The CA cannot issue as asked: its certificate is not a CA certificate for its key, or the subject, serial or validity is invalid.',
+  },
+  ERR_CSR_INVALID: {
+    status: null,
+    meaning:
+      "A certificate request is malformed, its self-signature does not verify, its subject is not its key's thumbprint, or it asks for a CA.",
+  },
+  ERR_CHAIN_INVALID: {
+    status: null,
+    meaning:
+      'A certificate chain does not lead to the pinned root: unreadable, badly signed, expired or not yet valid, or with wrong CA flags.',
+  },
+  ERR_BUNDLE_INVALID: {
+    status: null,
+    meaning:
+      'A verification bundle is malformed, or its signature or certificate chain does not verify against the pinned root.',
+  },
+  ERR_BUNDLE_ROLLBACK: {
+    status: null,
+    meaning: 'A verification bundle is not newer than the last one accepted.',
+  },
+  ERR_BUNDLE_STATE_INVALID: {
+    status: null,
+    meaning: 'The bundle state file cannot be read, parsed or written.',
   },
 } as const satisfies Record<string, { status: number | null; meaning: string }>;
 

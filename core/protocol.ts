@@ -237,6 +237,38 @@ export function parseMintRequest(body: unknown): MintRequest {
   return request;
 }
 
+export type RevokeTokenRequest = { jti: string } | { token: string };
+
+const JTI = /^[A-Za-z0-9_-]{1,256}$/;
+
+/** `{jti}` (admins) or `{token}` (admins, or the caller that minted it): exactly one. */
+export function parseRevokeTokenRequest(body: unknown): RevokeTokenRequest {
+  const input = objectBody(body, ['jti', 'token']);
+  if ((input['jti'] === undefined) === (input['token'] === undefined)) {
+    throw bad('ERR_MISSING_FIELD', 'give exactly one of jti or token');
+  }
+  if (input['jti'] !== undefined) {
+    if (typeof input['jti'] !== 'string' || !JTI.test(input['jti']))
+      throw bad('ERR_INVALID_REQUEST', 'jti must be 1 to 256 base64url characters');
+    return { jti: input['jti'] };
+  }
+  if (typeof input['token'] !== 'string')
+    throw bad('ERR_INVALID_REQUEST', 'token must be a string');
+  return { token: input['token'] };
+}
+
+export interface KeyView {
+  kid: string;
+  alg: Algorithm;
+  /** `unrecorded` only offline: on the token, not yet in the daemon's state. */
+  state: 'next' | 'active' | 'retiring' | 'unrecorded';
+  label: string;
+  created: number;
+  activate_at?: number;
+  active_from?: number;
+  retire_at?: number;
+}
+
 export function parseVerifyRequest(body: unknown): VerifyRequest {
   const input = objectBody(body, ['token', 'aud']);
   if (input['token'] === undefined) throw bad('ERR_MISSING_FIELD', 'token is required');

@@ -3,7 +3,16 @@ import type { Config } from '../core/config.js';
 import { HsmintError } from '../core/errors.js';
 import { mintToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
+import { join } from 'node:path';
 import type { KeyInfo, KeyStore } from '../core/keys/keystore.js';
+import {
+  KeyLifecycle,
+  type KeyRecord,
+  type LifecycleDocument,
+  type Schedule,
+} from '../core/keys/lifecycle.js';
+import { RevocationList, type RevocationDocument } from '../core/keys/revocations.js';
+import { JsonFile, MemoryDocument, type DocumentStore } from '../core/keys/state.js';
 import type { Caller } from '../core/policy/caller.js';
 import { authorizeMint, grantOf, type Grant, type Policy } from '../core/policy/policy.js';
 import type {
@@ -21,21 +30,45 @@ export interface AuthorityOptions {
   token: { label: string; serial: string };
   logger: Logger;
   now?: () => Date;
+  /** Where key states and revocations persist; in memory when absent (tests). */
+  state?: {
+    keys: DocumentStore<LifecycleDocument>;
+    revocations: DocumentStore<RevocationDocument>;
+  };
+}
+
+/** The lifecycle's schedule from the configuration: retirement waits out max TTL + skew. */
+export function scheduleOf(config: Config): Schedule {
+  return {
+    algorithm: config.keys.algorithm,
+    rotationPeriod: config.keys.rotationPeriod,
+    publishAhead: config.keys.publishAhead,
+    retireAfter: config.tokens.maxTtl + config.tokens.clockSkew,
+  };
+}
+
+/** The state files in keys.state_dir. */
+export function stateFiles(config: Config): NonNullable<AuthorityOptions['state']> {
+  return {
+    keys: new JsonFile<LifecycleDocument>(join(config.keys.stateDir, 'keys.json')),
+    revocations: new JsonFile<RevocationDocument>(join(config.keys.stateDir, 'revocations.json')),
+  };
 }
 
 /**
  * What the daemon does, without the transport: mint on the active key, verify against the
- * issuer's own public keys, publish them. Handlers call this; tests drive it with a fake store.
+ * issuer's own public keys, publish them, run the key lifecycle. Handlers call this; tests
+ * drive it with a fake store and a fake clock.
  */
 export class Authority {
   private config: Config;
-  private readonly store: KeyStore;
   private readonly token: { label: string; serial: string };
   private readonly logger: Logger;
   private readonly now: () => Date;
   private readonly verifier: TokenVerifier;
-  private keys: KeyInfo[] = [];
-  private active!: KeyInfo;
+  private readonly lifecycle: KeyLifecycle;
+  private readonly revocations: RevocationList;
+  private readonly store: KeyStore;
   private readonly startedAt: number;
   /** The last token failure, cleared by the next good signature; it drives `degraded`. */
   private tokenFault: string | undefined;
@@ -47,18 +80,37 @@ export class Authority {
     this.logger = options.logger;
     this.now = options.now ?? (() => new Date());
     this.startedAt = this.now().getTime();
+    const seconds = () => Math.floor(this.now().getTime() / 1000);
+    const state = options.state ?? {
+      keys: new MemoryDocument(),
+      revocations: new MemoryDocument(),
+    };
+    this.lifecycle = new KeyLifecycle(
+      options.store,
+      state.keys,
+      scheduleOf(this.config),
+      seconds,
+      (event) => this.logger.info(event, event.event),
+    );
+    this.revocations = new RevocationList(
+      state.revocations,
+      () => this.config.tokens.maxRevocations,
+      seconds,
+    );
     this.verifier = new TokenVerifier(this.verifierOptions());
   }
 
-  /** Loads the keys; generates the first key of the configured algorithm when there is none. */
+  /** Opens the key lifecycle (settling whatever a crash left) and the revocation list. */
   static async create(options: AuthorityOptions): Promise<Authority> {
     const authority = new Authority(options);
-    await authority.loadKeys();
+    await authority.lifecycle.open();
+    await authority.revocations.load();
+    await authority.refreshKeys();
     return authority;
   }
 
   get activeKey(): KeyInfo {
-    return this.active;
+    return this.lifecycle.signingKey();
   }
 
   get issuer(): string {
@@ -66,24 +118,57 @@ export class Authority {
   }
 
   private verifierOptions() {
-    return { issuer: this.config.issuer, clockSkew: this.config.tokens.clockSkew, now: this.now };
+    return {
+      issuer: this.config.issuer,
+      clockSkew: this.config.tokens.clockSkew,
+      now: this.now,
+      isRevoked: (jti: unknown) => this.revocations.isRevoked(jti),
+      isKeyRevoked: (kid: string) => this.lifecycle.isRevoked(kid),
+    };
   }
 
-  private async loadKeys(): Promise<void> {
-    let keys = await this.store.list();
-    const algorithm = this.config.keys.algorithm;
-    if (!keys.some((key) => key.alg === algorithm)) {
-      const created = await this.store.generate(algorithm);
-      this.logger.info(
-        { event: 'key.generate', kid: created.kid, alg: created.alg, label: created.label },
-        'generated the first signing key',
-      );
-      keys = await this.store.list();
-    }
-    // Newest key of the configured algorithm signs; every hsmint key on the token verifies.
-    this.active = keys.filter((key) => key.alg === algorithm).at(-1)!;
-    this.keys = keys;
-    await this.verifier.setKeys(keys.map((key) => key.publicJwk));
+  private async refreshKeys(): Promise<void> {
+    await this.verifier.setKeys(this.lifecycle.verificationKeys());
+  }
+
+  /** Runs the rotation schedule; the daemon calls it from its timer. */
+  async tick(): Promise<void> {
+    if (await this.lifecycle.tick()) await this.refreshKeys();
+  }
+
+  secondsToNextKeyEvent(): number {
+    return this.lifecycle.secondsToNextEvent();
+  }
+
+  keyRecords(): KeyRecord[] {
+    return this.lifecycle.records();
+  }
+
+  /** Emergency rotation (admins): the next key signs now. */
+  async rotateNow(): Promise<KeyRecord> {
+    const record = await this.lifecycle.rotateNow();
+    await this.refreshKeys();
+    return record;
+  }
+
+  /** Stops trusting a key at once (admins). */
+  async revokeKey(kid: string): Promise<void> {
+    await this.lifecycle.revoke(kid);
+    await this.refreshKeys();
+  }
+
+  /**
+   * Revokes a token by jti until it would have expired anyway. Given only the jti, that is
+   * now + max TTL + skew (no token can outlive it); given the token, its own exp + skew.
+   */
+  async revokeToken(
+    jti: string,
+    exp: number | undefined,
+  ): Promise<{ jti: string; until: number; new: boolean }> {
+    const now = Math.floor(this.now().getTime() / 1000);
+    const skew = this.config.tokens.clockSkew;
+    const until = exp === undefined ? now + this.config.tokens.maxTtl + skew : exp + skew;
+    return { jti, until, new: await this.revocations.revoke(jti, until) };
   }
 
   /** Applies a new configuration and re-reads the keys (SIGHUP). Token and socket settings need a restart. */
@@ -94,18 +179,21 @@ export class Authority {
     const { path, mode, group } = config.socket;
     if (path !== bound.path || mode !== bound.mode || group !== bound.group)
       restartNeeded.push('socket');
+    if (config.keys.stateDir !== this.config.keys.stateDir) restartNeeded.push('keys.state_dir');
     const previous = this.config;
-    // The token and the bound socket stay as they are; limits, tokens, policy and keys change.
+    // The token, the bound socket and the state files stay; limits, tokens, policy and keys change.
     this.config = {
       ...config,
       hsm: previous.hsm,
       socket: { ...config.socket, path: bound.path, mode: bound.mode, group: bound.group },
+      keys: { ...config.keys, stateDir: previous.keys.stateDir },
     };
     try {
-      await this.store.reload();
-      await this.loadKeys();
+      await this.lifecycle.setSchedule(scheduleOf(this.config));
+      await this.refreshKeys();
     } catch (error) {
       this.config = previous;
+      await this.lifecycle.setSchedule(scheduleOf(previous)).catch(() => undefined);
       throw error;
     }
     this.verifier.setOptions(this.verifierOptions());
@@ -177,7 +265,7 @@ export class Authority {
       },
     };
     try {
-      const minted = await mintToken(this.store, this.active, {
+      const minted = await mintToken(this.store, this.lifecycle.signingKey(), {
         issuer,
         audience: request.aud,
         subject,
@@ -204,7 +292,7 @@ export class Authority {
       this.tokenFault = `signing failed${typeof ckr === 'string' ? `: ${ckr}` : ''}`;
       // The CKR detail goes to the log; the client only learns that the token failed.
       this.logger.error(
-        { event: 'token.error', kid: this.active.kid, ckr, err: error },
+        { event: 'token.error', kid: this.activeKey.kid, ckr, err: error },
         'signing on the token failed',
       );
       throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign; see the daemon log', {
@@ -221,17 +309,18 @@ export class Authority {
   }
 
   jwks(): JwksResponse {
-    return { keys: this.keys.map((key) => key.publicJwk) };
+    return { keys: this.lifecycle.publishedKeys() };
   }
 
   health(): HealthResponse {
+    const active = this.lifecycle.signingKey();
     return {
       status: this.tokenFault ? 'degraded' : 'ok',
       ...(this.tokenFault ? { reason: this.tokenFault } : {}),
       issuer: this.config.issuer,
-      algorithm: this.active.alg,
-      active_kid: this.active.kid,
-      keys: this.keys.length,
+      algorithm: active.alg,
+      active_kid: active.kid,
+      keys: this.lifecycle.records().length,
       token: this.token,
       uptime_s: Math.floor((this.now().getTime() - this.startedAt) / 1000),
     };

@@ -1,12 +1,39 @@
+import { JWKS_MAX_AGE_SECONDS } from '../core/config.js';
 import { HsmintError } from '../core/errors.js';
-import { parseMintRequest, parseVerifyRequest, type ReloadResponse } from '../core/protocol.js';
+import type { KeyRecord } from '../core/keys/lifecycle.js';
+import { grantOf } from '../core/policy/policy.js';
+import {
+  parseMintRequest,
+  parseRevokeTokenRequest,
+  parseVerifyRequest,
+  type KeyView,
+  type ReloadResponse,
+} from '../core/protocol.js';
 import type { Authority } from './authority.js';
-import type { Route } from './server.js';
-
-/** How long a verifier may cache the JWKS; rotation (publish-ahead) is planned around it. */
-export const JWKS_MAX_AGE_SECONDS = 300;
+import type { RequestContext, Route } from './server.js';
 
 /** The routes of /v1: pure `(body, context) -> reply` functions over the authority. */
+const NO_STORE = { 'cache-control': 'no-store' };
+
+function requireAdmin(authority: Authority, context: RequestContext): void {
+  if (!authority.grant(context.caller, context.config.policy).admin) {
+    throw new HsmintError('ERR_FORBIDDEN', 'this needs an admin rule');
+  }
+}
+
+function keyView(record: KeyRecord): KeyView {
+  return {
+    kid: record.kid,
+    alg: record.alg,
+    state: record.state,
+    label: record.label,
+    created: record.created,
+    ...(record.activateAt === undefined ? {} : { activate_at: record.activateAt }),
+    ...(record.activeFrom === undefined ? {} : { active_from: record.activeFrom }),
+    ...(record.retireAt === undefined ? {} : { retire_at: record.retireAt }),
+  };
+}
+
 export function createRoutes(
   authority: Authority,
   actions: { reload(): Promise<ReloadResponse> },
@@ -95,6 +122,89 @@ export function createRoutes(
           body: await actions.reload(),
           headers: { 'cache-control': 'no-store' },
         };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/keys',
+      body: false,
+      async handle(_body, context) {
+        requireAdmin(authority, context);
+        return {
+          status: 200,
+          body: { keys: authority.keyRecords().map(keyView) },
+          headers: NO_STORE,
+        };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/keys/rotate',
+      body: false,
+      async handle(_body, context) {
+        requireAdmin(authority, context);
+        const active = await authority.rotateNow();
+        context.log = { kid: active.kid };
+        return {
+          status: 200,
+          body: { active: keyView(active), keys: authority.keyRecords().map(keyView) },
+          headers: NO_STORE,
+        };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/keys/{kid}/revoke',
+      body: false,
+      async handle(_body, context) {
+        requireAdmin(authority, context);
+        const kid = context.params['kid']!;
+        await authority.revokeKey(kid);
+        context.log = { kid };
+        return {
+          status: 200,
+          body: { revoked: kid, keys: authority.keyRecords().map(keyView) },
+          headers: NO_STORE,
+        };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/tokens/revoke',
+      body: true,
+      async handle(body, context) {
+        const request = parseRevokeTokenRequest(body);
+        const admin = grantOf(context.config.policy, context.caller)?.admin === true;
+        let jti: string;
+        let exp: number | undefined;
+        if ('jti' in request) {
+          // A bare jti proves nothing about who minted it: only admins may revoke by jti.
+          if (!admin)
+            throw new HsmintError(
+              'ERR_FORBIDDEN',
+              'revoking by jti needs an admin rule; send the token instead',
+            );
+          jti = request.jti;
+        } else {
+          const result = await authority.verify({ token: request.token });
+          if (!result.valid)
+            throw new HsmintError(
+              'ERR_INVALID_REQUEST',
+              `the token does not verify (${result.error.code})`,
+            );
+          const minter = (result.claims['hsmint'] as { uid?: unknown } | undefined)?.uid;
+          if (!admin && minter !== context.caller.uid) {
+            throw new HsmintError(
+              'ERR_FORBIDDEN',
+              'only an admin or the caller that minted a token may revoke it',
+            );
+          }
+          jti = String(result.claims.jti);
+          exp = result.claims.exp;
+        }
+        const revoked = await authority.revokeToken(jti, exp);
+        context.log = { jti, until: revoked.until };
+        return { status: 200, body: { revoked: jti, until: revoked.until }, headers: NO_STORE };
       },
     },
   ];

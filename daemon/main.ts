@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { configPath, loadConfig, type Config } from '../core/config.js';
 import { HsmintError } from '../core/errors.js';
 import { openKeyStore } from '../core/open.js';
-import { Authority } from './authority.js';
+import { Authority, stateFiles } from './authority.js';
 import { createRoutes } from './handlers.js';
 import { createLogger } from './logger.js';
 import { ApiServer } from './server.js';
@@ -14,13 +14,15 @@ import { listenOnPath } from './socket.js';
 import type { ReloadResponse } from '../core/protocol.js';
 
 const DRAIN_TIMEOUT_MS = 10_000;
+/** The key timer wakes at least this often, so clock jumps and reloads are noticed. */
+const MAX_KEY_TIMER_SECONDS = 60;
 
 async function start(config: Config, logger: Logger): Promise<void> {
   native(); // fail at start, not on the first connection, when the addon is missing
   const { store, token } = await openKeyStore(config);
   let authority: Authority;
   try {
-    authority = await Authority.create({ config, store, token, logger });
+    authority = await Authority.create({ config, store, token, logger, state: stateFiles(config) });
   } catch (error) {
     await store.close();
     throw error;
@@ -84,11 +86,30 @@ async function start(config: Config, logger: Logger): Promise<void> {
     'hsmintd is serving',
   );
 
+  // The key lifecycle runs on the daemon's own timer: nobody has to call an API to rotate.
+  let keyTimer: NodeJS.Timeout | undefined;
+  const scheduleKeys = () => {
+    const seconds = Math.min(authority.secondsToNextKeyEvent(), MAX_KEY_TIMER_SECONDS);
+    keyTimer = setTimeout(() => {
+      authority
+        .tick()
+        .catch((error: unknown) =>
+          logger.error(
+            { event: 'keys.tick_failed', code: (error as HsmintError).code, err: error },
+            'key rotation step failed; retrying',
+          ),
+        )
+        .finally(scheduleKeys);
+    }, seconds * 1000);
+  };
+  scheduleKeys();
+
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ event: 'daemon.stopping', signal }, 'draining in-flight requests');
+    clearTimeout(keyTimer);
     await server.drain(DRAIN_TIMEOUT_MS);
     await authority.close();
     logger.info({ event: 'daemon.stop' }, 'hsmintd stopped; the token is closed');

@@ -18,6 +18,8 @@ export interface RequestContext {
   log: Record<string, unknown>;
   /** Who is asking, as the kernel and /proc say. */
   caller: Caller;
+  /** Values of `{name}` segments in the route's path, like `kid` in /v1/keys/{kid}/revoke. */
+  params: Record<string, string>;
   /**
    * The configuration (policy, issuer, TTLs) as it was when the request arrived: a reload
    * does not change the rules of a request already in flight.
@@ -200,7 +202,12 @@ export class ApiServer {
       this.inFlight--;
       if (this.inFlight === 0) this.drained?.();
     });
-    const context: RequestContext = { log: {}, caller, config: this.options.config() };
+    const context: RequestContext = {
+      log: {},
+      params: {},
+      caller,
+      config: this.options.config(),
+    };
     const path = (request.url ?? '/').split('?')[0]!;
     let status = 500;
     let code: ErrorCode | undefined;
@@ -254,7 +261,7 @@ export class ApiServer {
         `uid ${context.caller.uid} has too many requests in flight`,
       );
     }
-    const candidates = this.routes.get(path);
+    const candidates = this.routes.get(path) ?? this.matchPattern(path, context);
     if (!candidates) throw new HsmintError('ERR_NOT_FOUND', 'no such route');
     const route = candidates.find((candidate) => candidate.method === request.method);
     if (!route) {
@@ -268,6 +275,29 @@ export class ApiServer {
     }
     const body = route.body ? await readJson(request) : undefined;
     return route.handle(body, context);
+  }
+
+  /** Routes with `{name}` segments; a segment value is 1 to 128 URL-safe characters. */
+  private matchPattern(path: string, context: RequestContext): Route[] | undefined {
+    const segments = path.split('/');
+    for (const [pattern, routes] of this.routes) {
+      if (!pattern.includes('{')) continue;
+      const parts = pattern.split('/');
+      if (parts.length !== segments.length) continue;
+      const params: Record<string, string> = {};
+      const fits = parts.every((part, i) => {
+        const segment = segments[i]!;
+        if (!part.startsWith('{')) return part === segment;
+        if (!/^[A-Za-z0-9_-]{1,128}$/.test(segment)) return false;
+        params[part.slice(1, -1)] = segment;
+        return true;
+      });
+      if (fits) {
+        context.params = params;
+        return routes;
+      }
+    }
+    return undefined;
   }
 
   private toHsmintError(error: unknown, path: string): HsmintError {

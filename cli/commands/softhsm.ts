@@ -61,7 +61,12 @@ export function softhsmCommand(context: CliContext): Command {
             pin_file: created.pinFile,
             environment: { SOFTHSM2_CONF: created.confPath },
           },
-          keys: { algorithm: alg },
+          keys: {
+            algorithm: alg,
+            rotation_period: '7d',
+            publish_ahead: '1h',
+            state_dir: join(created.dir, 'state'),
+          },
           tokens: { default_ttl: '5m', max_ttl: '1h', clock_skew: '30s' },
           policy: {
             // Safe by default: the one user who ran init, and nobody else, may mint and administer.

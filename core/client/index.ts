@@ -8,6 +8,7 @@ import type { VerifyResult } from '../jwt/verify.js';
 import type {
   HealthResponse,
   JwksResponse,
+  KeyView,
   MintResponse,
   ReloadResponse,
   WhoamiResponse,
@@ -18,6 +19,7 @@ export type { ErrorCode, VerifyErrorCode } from '../errors.js';
 export type {
   HealthResponse,
   JwksResponse,
+  KeyView,
   MintResponse,
   ReloadResponse,
   WhoamiResponse,
@@ -85,6 +87,28 @@ export class HsmintClient {
   /** Re-reads hsmint.yaml (admins only); a bad file is refused with ERR_CONFIG_INVALID. */
   reload(): Promise<ReloadResponse> {
     return this.call<ReloadResponse>('POST', '/v1/reload', undefined, [200]);
+  }
+
+  /** Every key with its state and times (admins). */
+  keys(): Promise<{ keys: KeyView[] }> {
+    return this.call('GET', '/v1/keys', undefined, [200]);
+  }
+
+  /** Emergency rotation (admins): the next key signs now. */
+  rotateKeys(): Promise<{ active: KeyView; keys: KeyView[] }> {
+    return this.call('POST', '/v1/keys/rotate', undefined, [200]);
+  }
+
+  /** Stops trusting a key at once (admins). */
+  revokeKey(kid: string): Promise<{ revoked: string; keys: KeyView[] }> {
+    return this.call('POST', `/v1/keys/${encodeURIComponent(kid)}/revoke`, undefined, [200]);
+  }
+
+  /** Revokes a token: by jti (admins), or by the token itself (admins or its minter). */
+  revokeToken(
+    request: { jti: string } | { token: string },
+  ): Promise<{ revoked: string; until: number }> {
+    return this.call('POST', '/v1/tokens/revoke', request, [200]);
   }
 
   /** `degraded` comes back with 503 and is still an answer, not an error. */

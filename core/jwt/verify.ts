@@ -19,6 +19,10 @@ export interface VerifierOptions {
   /** Seconds of clock skew tolerated on exp, nbf and iat. */
   clockSkew: number;
   now?: () => Date;
+  /** A revoked jti is refused until the token would have expired anyway. */
+  isRevoked?: (jti: unknown) => boolean;
+  /** A revoked key is gone from the trusted keys; this gives its tokens their own code. */
+  isKeyRevoked?: (kid: string) => boolean;
 }
 
 /** Larger than any token hsmint mints (claims are capped by the 64 KiB request body). */
@@ -82,7 +86,11 @@ export class TokenVerifier {
     if (typeof kid !== 'string' || !KID.test(kid))
       return fail('ERR_TOKEN_KID_UNKNOWN', 'the header has no usable kid');
     const entry = this.keys.get(kid);
-    if (!entry) return fail('ERR_TOKEN_KID_UNKNOWN', `no trusted key has kid ${kid}`);
+    if (!entry) {
+      if (this.options.isKeyRevoked?.(kid))
+        return fail('ERR_TOKEN_KEY_REVOKED', `key ${kid} was revoked`);
+      return fail('ERR_TOKEN_KID_UNKNOWN', `no trusted key has kid ${kid}`);
+    }
     if (entry.jwk.alg !== alg)
       return fail('ERR_TOKEN_ALG_NOT_ALLOWED', `key ${kid} signs ${entry.jwk.alg}, not ${alg}`);
 
@@ -108,6 +116,8 @@ export class TokenVerifier {
       if (typeof payload.jti !== 'string' || payload.jti === '' || payload.jti.length > 256) {
         return fail('ERR_TOKEN_CLAIM_INVALID', 'jti must be a non-empty string');
       }
+      if (this.options.isRevoked?.(payload.jti))
+        return fail('ERR_TOKEN_REVOKED', 'the token was revoked');
       return { valid: true, header: protectedHeader, claims: payload };
     } catch (error) {
       return classify(error);

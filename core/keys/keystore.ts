@@ -26,8 +26,11 @@ export interface KeyStore {
   list(): Promise<KeyInfo[]>;
   /** Re-reads the store, for keys made by another process (`hsmint keys create`). */
   reload(): Promise<void>;
-  /** Generates a non-exportable key pair on the store. */
-  generate(alg: Algorithm): Promise<KeyInfo>;
+  /**
+   * Generates a non-exportable key pair on the store. `label` (from keyLabel) lets a caller
+   * record its intent before generating, and find the key again after a crash.
+   */
+  generate(alg: Algorithm, options?: { label?: string }): Promise<KeyInfo>;
   /** Signs a JWS signing input and returns the JWS signature bytes for the key's algorithm. */
   sign(kid: string, signingInput: Buffer): Promise<Buffer>;
   destroy(kid: string): Promise<void>;

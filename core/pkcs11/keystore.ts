@@ -179,10 +179,17 @@ export class Pkcs11KeyStore implements KeyStore {
     this.loaded = true;
   }
 
-  async generate(alg: Algorithm): Promise<KeyInfo> {
+  async generate(alg: Algorithm, options: { label?: string } = {}): Promise<KeyInfo> {
     const scheme = SCHEMES[alg];
-    const createdAt = this.now();
-    const label = keyLabel(alg, createdAt);
+    const parsed = options.label === undefined ? undefined : parseKeyLabel(options.label);
+    if (options.label !== undefined && parsed?.alg !== alg) {
+      throw new HsmintError(
+        'ERR_ALG_UNSUPPORTED',
+        `label ${options.label} is not an ${alg} key label`,
+      );
+    }
+    const createdAt = parsed?.createdAt ?? this.now();
+    const label = options.label ?? keyLabel(alg, createdAt);
     const id = randomBytes(16);
     const common = { token: true, label, id, keyType: scheme.keyType };
     const publicTemplate: graphene.ITemplate = {

@@ -145,7 +145,7 @@ describe('the hsmint CLI against a running daemon', () => {
 
     const keys = fakeTerminal();
     expect(await runCli(['keys', 'list', '--config', env.token.config], keys.io)).toBe(0);
-    expect(keys.stdout().split('\n')[0]).toMatch(/^KID +ALG +CREATED +STATE +LABEL$/);
+    expect(keys.stdout().split('\n')[0]).toMatch(/^KID +ALG +STATE +SINCE +UNTIL +LABEL$/);
     expect(keys.stdout()).toContain(env.token.kid);
   });
 
@@ -172,20 +172,26 @@ describe('the hsmint CLI against a running daemon', () => {
     expect(created.code).toBe(0);
     const kid = JSON.parse(created.stdout).kid as string;
     const listed = JSON.parse((await hsmint(['keys', 'list', '--config', env.token.config])).stdout)
-      .keys as Array<{ kid: string; alg: string; active: boolean }>;
+      .keys as Array<{ kid: string; alg: string; state: string }>;
     expect(listed).toEqual(
       expect.arrayContaining([
-        expect.objectContaining({ kid: env.token.kid, alg: 'ES256', active: true }),
-        expect.objectContaining({ kid, alg: 'EdDSA', active: false }),
+        expect.objectContaining({ kid: env.token.kid, alg: 'ES256', state: 'active' }),
+        expect.objectContaining({ kid, alg: 'EdDSA', state: 'unrecorded' }),
       ]),
     );
-    // The running daemon picks the new key up on SIGHUP and publishes it.
+    // The running daemon adopts it on SIGHUP: not of keys.algorithm, so verify-only (retiring).
     env.daemon.process.kill('SIGHUP');
     await expect
       .poll(async () => (await env.daemon.client.jwks()).keys.map((key) => key.kid), {
         timeout: 5000,
       })
       .toContain(kid);
+    const states = JSON.parse(
+      (await hsmint(['--socket', env.token.socket, 'keys', 'list'])).stdout,
+    ).keys;
+    expect(states).toEqual(
+      expect.arrayContaining([expect.objectContaining({ kid, state: 'retiring' })]),
+    );
     expect(
       (await hsmint(['keys', 'create', '--alg', 'HS256', '--config', env.token.config])).code,
     ).toBe(2);

@@ -82,14 +82,14 @@ export class MemoryKeyStore implements KeyStore {
 
   async reload(): Promise<void> {}
 
-  async generate(alg: Algorithm): Promise<KeyInfo> {
+  async generate(alg: Algorithm, options: { label?: string } = {}): Promise<KeyInfo> {
     const { privateKey, publicKey } = generatePair(alg);
     const publicJwk = await publicJwkOf(alg, publicKey);
     const createdAt = this.now();
     const info: KeyInfo = {
       kid: publicJwk.kid,
       alg,
-      label: keyLabel(alg, createdAt),
+      label: options.label ?? keyLabel(alg, createdAt),
       createdAt,
       publicJwk,
     };

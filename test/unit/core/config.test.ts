@@ -66,8 +66,14 @@ describe('parseConfig', () => {
         sessions: undefined,
         environment: {},
       },
-      keys: { algorithm: 'ES256', rsaBits: 3072 },
-      tokens: { defaultTtl: 300, maxTtl: 3600, clockSkew: 30 },
+      keys: {
+        algorithm: 'ES256',
+        rsaBits: 3072,
+        rotationPeriod: 7 * 86400,
+        publishAhead: 3600,
+        stateDir: '/var/lib/hsmint',
+      },
+      tokens: { defaultTtl: 300, maxTtl: 3600, clockSkew: 30, maxRevocations: 100_000 },
       policy: {
         rules: [
           {
@@ -136,10 +142,14 @@ describe('parseConfig', () => {
         'keys:',
         '  algorithm: PS256',
         '  rsa_bits: 4096',
+        '  rotation_period: 30d',
+        '  publish_ahead: 2h',
+        '  state_dir: state',
         'tokens:',
         '  default_ttl: 10m',
         '  max_ttl: 2h',
         '  clock_skew: 1m',
+        '  max_revocations: 500',
         'policy:',
         '  rules:',
         '    - name: billing',
@@ -179,8 +189,19 @@ describe('parseConfig', () => {
       sessions: 8,
       environment: { SOFTHSM2_CONF: '/etc/softhsm2.conf' },
     });
-    expect(config.keys).toEqual({ algorithm: 'PS256', rsaBits: 4096 });
-    expect(config.tokens).toEqual({ defaultTtl: 600, maxTtl: 7200, clockSkew: 60 });
+    expect(config.keys).toEqual({
+      algorithm: 'PS256',
+      rsaBits: 4096,
+      rotationPeriod: 30 * 86400,
+      publishAhead: 7200,
+      stateDir: '/etc/hsmint/state',
+    });
+    expect(config.tokens).toEqual({
+      defaultTtl: 600,
+      maxTtl: 7200,
+      clockSkew: 60,
+      maxRevocations: 500,
+    });
     expect(config.policy).toEqual({
       rules: [
         {
@@ -675,6 +696,24 @@ describe('parseConfig policy', () => {
     it.each(['yes', '"true"', '1'])('admin %s', (admin) => {
       expectInvalid(withRule(['match: {uid: 1}', `admin: ${admin}`]), 'policy.rules[0].admin', 8);
     });
+  });
+});
+
+describe('parseConfig key schedule', () => {
+  it('refuses publish_ahead shorter than the JWKS cache time verifiers are told', () => {
+    expectInvalid(
+      `${MINIMAL.replace('tokens:', 'keys:\n  publish_ahead: 4m\ntokens:')}`,
+      'keys.publish_ahead',
+      10,
+    );
+  });
+
+  it('refuses publish_ahead not shorter than rotation_period', () => {
+    expectInvalid(
+      `${MINIMAL.replace('tokens:', 'keys:\n  rotation_period: 1h\n  publish_ahead: 1h\ntokens:')}`,
+      'keys.publish_ahead',
+      11,
+    );
   });
 });
 

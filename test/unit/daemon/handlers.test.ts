@@ -9,7 +9,8 @@ import type {
   WhoamiResponse,
 } from '../../../core/protocol.js';
 import { Authority } from '../../../daemon/authority.js';
-import { createRoutes, JWKS_MAX_AGE_SECONDS } from '../../../daemon/handlers.js';
+import { JWKS_MAX_AGE_SECONDS } from '../../../core/config.js';
+import { createRoutes } from '../../../daemon/handlers.js';
 import type { RequestContext, Route } from '../../../daemon/server.js';
 import { adminCaller, strangerCaller, testCaller, testConfig } from '../../support/config.js';
 import { MemoryKeyStore } from '../../support/memory-keystore.js';
@@ -18,7 +19,7 @@ const CONFIG = testConfig();
 
 /** A fresh request context: the `svc` caller unless told, under testConfig()'s policy. */
 function ctx(caller: Caller = testCaller()): RequestContext {
-  return { log: {}, caller, config: CONFIG };
+  return { log: {}, params: {}, caller, config: CONFIG };
 }
 
 describe('createRoutes', () => {
@@ -65,6 +66,10 @@ describe('createRoutes', () => {
       ['GET', '/v1/health', false],
       ['GET', '/v1/whoami', false],
       ['POST', '/v1/reload', false],
+      ['GET', '/v1/keys', false],
+      ['POST', '/v1/keys/rotate', false],
+      ['POST', '/v1/keys/{kid}/revoke', false],
+      ['POST', '/v1/tokens/revoke', true],
     ]);
   });
 
@@ -115,6 +120,7 @@ describe('createRoutes', () => {
     it('mints under the policy of the context, not a later one', async () => {
       const context: RequestContext = {
         log: {},
+        params: {},
         caller: testCaller(),
         config: { ...CONFIG, policy: { rules: [] } },
       };
