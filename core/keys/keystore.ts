@@ -37,23 +37,34 @@ export interface KeyStore {
   close(): Promise<void>;
 }
 
-const LABEL = /^hsmint-(ES256|ES384|PS256|RS256|EdDSA)-(\d{8}T\d{6}Z)$/;
+/**
+ * What a key is for, as the first part of its label: JWS signing keys, or the internal CA's
+ * keys. Each store lists only its own kind, so a CA key never signs a token and never
+ * appears in the JWKS.
+ */
+export const KEY_PURPOSES = { signing: 'hsmint', ca: 'hsmint-ca' } as const;
+export type KeyPurpose = keyof typeof KEY_PURPOSES;
 
-/** Keys are named after their algorithm and creation time, so a token listing reads plainly. */
-export function keyLabel(alg: Algorithm, createdAt: Date): string {
+const LABEL = /^(hsmint|hsmint-ca)-(ES256|ES384|PS256|RS256|EdDSA)-(\d{8}T\d{6}Z)$/;
+
+/** Keys are named after their purpose, algorithm and creation time, so a token listing reads plainly. */
+export function keyLabel(alg: Algorithm, createdAt: Date, purpose: KeyPurpose = 'signing'): string {
   const stamp = createdAt
     .toISOString()
     .replace(/[-:]/g, '')
     .replace(/\.\d{3}/, '');
-  return `hsmint-${alg}-${stamp}`;
+  return `${KEY_PURPOSES[purpose]}-${alg}-${stamp}`;
 }
 
-export function parseKeyLabel(label: string): { alg: Algorithm; createdAt: Date } | undefined {
+export function parseKeyLabel(
+  label: string,
+  purpose: KeyPurpose = 'signing',
+): { alg: Algorithm; createdAt: Date } | undefined {
   const match = LABEL.exec(label);
-  if (!match) return undefined;
-  const stamp = match[2]!;
+  if (!match || match[1] !== KEY_PURPOSES[purpose]) return undefined;
+  const stamp = match[3]!;
   const iso = `${stamp.slice(0, 4)}-${stamp.slice(4, 6)}-${stamp.slice(6, 8)}T${stamp.slice(9, 11)}:${stamp.slice(11, 13)}:${stamp.slice(13, 15)}Z`;
   const createdAt = new Date(iso);
   if (Number.isNaN(createdAt.getTime())) return undefined;
-  return { alg: match[1] as Algorithm, createdAt };
+  return { alg: match[2] as Algorithm, createdAt };
 }

@@ -7,6 +7,7 @@ import type { Algorithm, RsaKeySize } from '../keys/algorithms.js';
 import {
   keyLabel,
   parseKeyLabel,
+  type KeyPurpose,
   type KeyInfo,
   type KeyStore,
   type PublicJwk,
@@ -108,6 +109,8 @@ export interface Pkcs11KeyStoreOptions {
   rsaBits?: RsaKeySize;
   /** Injected for tests; the creation time goes into the label. */
   now?: () => Date;
+  /** Signing keys (default) or the internal CA's keys: a store sees only its own kind. */
+  purpose?: KeyPurpose;
 }
 
 /**
@@ -119,11 +122,13 @@ export class Pkcs11KeyStore implements KeyStore {
   private loaded = false;
   private readonly rsaBits: RsaKeySize;
   private readonly now: () => Date;
+  private readonly purpose: KeyPurpose;
 
   constructor(
     private readonly token: Pkcs11Token,
     options: Pkcs11KeyStoreOptions = {},
   ) {
+    this.purpose = options.purpose ?? 'signing';
     this.rsaBits = options.rsaBits ?? 3072;
     this.now = options.now ?? (() => new Date());
   }
@@ -159,7 +164,7 @@ export class Pkcs11KeyStore implements KeyStore {
         label: string;
         id: Buffer;
       };
-      const parsed = parseKeyLabel(label);
+      const parsed = parseKeyLabel(label, this.purpose);
       if (!parsed || !id) continue;
       const publicKey = session
         .find({ class: graphene.ObjectClass.PUBLIC_KEY, token: true, id })
@@ -181,7 +186,8 @@ export class Pkcs11KeyStore implements KeyStore {
 
   async generate(alg: Algorithm, options: { label?: string } = {}): Promise<KeyInfo> {
     const scheme = SCHEMES[alg];
-    const parsed = options.label === undefined ? undefined : parseKeyLabel(options.label);
+    const parsed =
+      options.label === undefined ? undefined : parseKeyLabel(options.label, this.purpose);
     if (options.label !== undefined && parsed?.alg !== alg) {
       throw new HsmintError(
         'ERR_ALG_UNSUPPORTED',
@@ -189,7 +195,7 @@ export class Pkcs11KeyStore implements KeyStore {
       );
     }
     const createdAt = parsed?.createdAt ?? this.now();
-    const label = options.label ?? keyLabel(alg, createdAt);
+    const label = options.label ?? keyLabel(alg, createdAt, this.purpose);
     const id = randomBytes(16);
     const common = { token: true, label, id, keyType: scheme.keyType };
     const publicTemplate: graphene.ITemplate = {
