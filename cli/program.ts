@@ -4,6 +4,8 @@ import { keysCommand } from './commands/keys.js';
 import { mintCommand } from './commands/mint.js';
 import { softhsmCommand } from './commands/softhsm.js';
 import { statusCommand } from './commands/status.js';
+import { bundleCommand } from './commands/bundle.js';
+import { caCommand } from './commands/ca.js';
 import { revokeCommand } from './commands/revoke.js';
 import { verifyCommand } from './commands/verify.js';
 import { reloadCommand, whoamiCommand } from './commands/whoami.js';
@@ -35,6 +37,8 @@ export function createProgram(context: CliContext): Command {
     reloadCommand,
     keysCommand,
     revokeCommand,
+    caCommand,
+    bundleCommand,
     softhsmCommand,
   ]) {
     const command = factory(context);

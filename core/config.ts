@@ -53,7 +53,16 @@ export interface Config {
     /** Where the key states and the revocation list live (absolute). */
     stateDir: string;
   };
-  tokens: { defaultTtl: number; maxTtl: number; clockSkew: number; maxRevocations: number };
+  tokens: {
+    defaultTtl: number;
+    maxTtl: number;
+    clockSkew: number;
+    maxRevocations: number;
+    /** Put each token's certificate chain in its JWS header (x5c). */
+    embedX5c: boolean;
+  };
+  /** The internal CA; absent when keys are trusted through the JWKS alone. */
+  ca: { certificate: string; key: string | undefined } | undefined;
   policy: Policy;
   log: { level: LogLevel };
 }
@@ -270,7 +279,7 @@ export function parseConfig(text: string, file: string): Config {
   const base = dirname(resolve(file));
   const absolute = (value: string) => (isAbsolute(value) ? value : resolve(base, value));
 
-  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'policy', 'log'], true);
+  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'policy', 'ca', 'log'], true);
   const issuer = read.string(['issuer']);
   if (issuer.length > 256 || /[\s\0]/.test(issuer))
     read.fail(['issuer'], 'expected a URI or name without spaces, at most 256 characters');
@@ -315,7 +324,22 @@ export function parseConfig(text: string, file: string): Config {
     ['keys'],
     ['algorithm', 'rsa_bits', 'rotation_period', 'publish_ahead', 'state_dir'],
   );
-  read.section(['tokens'], ['default_ttl', 'max_ttl', 'clock_skew', 'max_revocations']);
+  read.section(
+    ['tokens'],
+    ['default_ttl', 'max_ttl', 'clock_skew', 'max_revocations', 'embed_x5c'],
+  );
+  const caSection = read.section(['ca'], ['certificate', 'key']);
+  const ca =
+    Object.keys(caSection).length === 0
+      ? undefined
+      : {
+          certificate: absolute(read.string(['ca', 'certificate'])),
+          key: read.optionalString(['ca', 'key']),
+        };
+  const embedX5c = read.value(['tokens', 'embed_x5c']) ?? false;
+  if (typeof embedX5c !== 'boolean') read.fail(['tokens', 'embed_x5c'], 'expected true or false');
+  if (embedX5c && !ca)
+    read.fail(['tokens', 'embed_x5c'], 'needs a ca section: the chain comes from the internal CA');
   const rotationPeriod = read.duration(['keys', 'rotation_period'], DEFAULTS.rotationPeriod);
   const publishAhead = read.duration(['keys', 'publish_ahead'], DEFAULTS.publishAhead);
   // A verifier may cache the JWKS this long: a key published for less could sign tokens
@@ -382,6 +406,7 @@ export function parseConfig(text: string, file: string): Config {
       defaultTtl,
       maxTtl,
       clockSkew,
+      embedX5c,
       maxRevocations: read.integer(
         ['tokens', 'max_revocations'],
         DEFAULTS.maxRevocations,
@@ -390,6 +415,7 @@ export function parseConfig(text: string, file: string): Config {
       ),
     },
     policy,
+    ca,
     log: { level: read.oneOf(['log', 'level'], LOG_LEVELS, DEFAULTS.logLevel) },
   };
 }

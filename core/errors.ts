@@ -72,6 +72,10 @@ export const ERROR_CODES = {
     status: 503,
     meaning: 'The key state or revocation file in `keys.state_dir` cannot be read or written.',
   },
+  ERR_CA_NOT_READY: {
+    status: 409,
+    meaning: 'No internal CA is configured, or the active key has no certificate from it yet.',
+  },
   ERR_HSM_UNAVAILABLE: {
     status: 503,
     meaning: 'The token failed or is unreachable; details are in the daemon log.',

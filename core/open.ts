@@ -19,9 +19,12 @@ export function sessionCount(config: Config): number {
  * Opens the configured token and its hsmint key store: reads the PIN file, loads the module,
  * logs in, and checks that the token offers the configured algorithm's mechanisms.
  */
-export async function openKeyStore(
-  config: Config,
-): Promise<{ store: Pkcs11KeyStore; token: { label: string; serial: string } }> {
+export async function openKeyStore(config: Config): Promise<{
+  store: Pkcs11KeyStore;
+  /** The internal CA's keys on the same token (labels hsmint-ca-...); never signs tokens. */
+  caStore: Pkcs11KeyStore;
+  token: { label: string; serial: string };
+}> {
   const pin = await readPinFile(config.hsm.pinFile);
   const token = Pkcs11Token.open({
     modulePath: resolveModule(config),
@@ -43,6 +46,7 @@ export async function openKeyStore(
   }
   return {
     store: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits }),
+    caStore: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits, purpose: 'ca' }),
     token: { label: token.info.label, serial: token.info.serial },
   };
 }

@@ -4,7 +4,10 @@ import { HsmintError } from '../core/errors.js';
 import { mintToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import { join } from 'node:path';
-import type { KeyInfo, KeyStore } from '../core/keys/keystore.js';
+import { createBundle } from '../core/ca/bundle.js';
+import type { KeyCertifier } from '../core/ca/certifier.js';
+import { signerFor } from '../core/ca/signer.js';
+import type { KeyInfo, KeyStore, PublicJwk } from '../core/keys/keystore.js';
 import {
   KeyLifecycle,
   type KeyRecord,
@@ -30,10 +33,13 @@ export interface AuthorityOptions {
   token: { label: string; serial: string };
   logger: Logger;
   now?: () => Date;
+  /** Certifies every signing key with the internal CA, when one is configured. */
+  certifier?: KeyCertifier;
   /** Where key states and revocations persist; in memory when absent (tests). */
   state?: {
     keys: DocumentStore<LifecycleDocument>;
     revocations: DocumentStore<RevocationDocument>;
+    bundle?: DocumentStore<{ version: number }>;
   };
 }
 
@@ -52,6 +58,7 @@ export function stateFiles(config: Config): NonNullable<AuthorityOptions['state'
   return {
     keys: new JsonFile<LifecycleDocument>(join(config.keys.stateDir, 'keys.json')),
     revocations: new JsonFile<RevocationDocument>(join(config.keys.stateDir, 'revocations.json')),
+    bundle: new JsonFile<{ version: number }>(join(config.keys.stateDir, 'bundle.json')),
   };
 }
 
@@ -69,6 +76,8 @@ export class Authority {
   private readonly lifecycle: KeyLifecycle;
   private readonly revocations: RevocationList;
   private readonly store: KeyStore;
+  private readonly certifier: KeyCertifier | undefined;
+  private readonly bundleVersion: DocumentStore<{ version: number }>;
   private readonly startedAt: number;
   /** The last token failure, cleared by the next good signature; it drives `degraded`. */
   private tokenFault: string | undefined;
@@ -76,6 +85,8 @@ export class Authority {
   private constructor(options: AuthorityOptions) {
     this.config = options.config;
     this.store = options.store;
+    this.certifier = options.certifier;
+    this.bundleVersion = options.state?.bundle ?? new MemoryDocument();
     this.token = options.token;
     this.logger = options.logger;
     this.now = options.now ?? (() => new Date());
@@ -129,11 +140,31 @@ export class Authority {
 
   private async refreshKeys(): Promise<void> {
     await this.verifier.setKeys(this.lifecycle.verificationKeys());
+    await this.certify();
+  }
+
+  /** Certificates for new keys; a CA failure is logged, and never stops signing or rotation. */
+  private async certify(): Promise<void> {
+    if (!this.certifier) return;
+    try {
+      await this.certifier.ensure(this.lifecycle.keyInfos());
+    } catch (error) {
+      this.logger.error(
+        { event: 'ca.failed', code: (error as HsmintError).code, err: error },
+        'certifying a key failed; retrying on the next tick',
+      );
+    }
+  }
+
+  private withChain(jwk: PublicJwk): PublicJwk & { x5c?: string[] } {
+    const chain = this.certifier?.chainOf(jwk.kid);
+    return chain ? { ...jwk, x5c: chain.map((der) => der.toString('base64')) } : jwk;
   }
 
   /** Runs the rotation schedule; the daemon calls it from its timer. */
   async tick(): Promise<void> {
     if (await this.lifecycle.tick()) await this.refreshKeys();
+    else await this.certify(); // an offline CA's certificate may have arrived by file
   }
 
   secondsToNextKeyEvent(): number {
@@ -169,6 +200,35 @@ export class Authority {
     const skew = this.config.tokens.clockSkew;
     const until = exp === undefined ? now + this.config.tokens.maxTtl + skew : exp + skew;
     return { jti, until, new: await this.revocations.revoke(jti, until) };
+  }
+
+  /**
+   * The offline verification bundle: the JWKS signed by the active key, with its chain to the
+   * internal CA, under a version that only grows (the last one is kept in keys.state_dir, and
+   * the clock's seconds are a floor, so even a lost state file cannot make it go back).
+   */
+  async bundle(): Promise<{ version: number; bundle: string }> {
+    const key = this.lifecycle.signingKey();
+    const chain = this.certifier?.chainOf(key.kid);
+    if (!chain) {
+      throw new HsmintError(
+        'ERR_CA_NOT_READY',
+        'the active key has no certificate from the internal CA yet; configure ca and wait for it',
+      );
+    }
+    const now = this.now();
+    const last = (await this.bundleVersion.read())?.version ?? 0;
+    const version = Math.max(last + 1, Math.floor(now.getTime() / 1000));
+    await this.bundleVersion.write({ version });
+    const bundle = await createBundle({
+      version,
+      issuer: this.config.issuer,
+      jwks: { keys: this.lifecycle.publishedKeys() },
+      chain,
+      signer: signerFor(this.store, key),
+      now,
+    });
+    return { version, bundle };
   }
 
   /** Applies a new configuration and re-reads the keys (SIGHUP). Token and socket settings need a restart. */
@@ -265,7 +325,10 @@ export class Authority {
       },
     };
     try {
-      const minted = await mintToken(this.store, this.lifecycle.signingKey(), {
+      const signingKey = this.lifecycle.signingKey();
+      const chain = tokens.embedX5c ? this.certifier?.chainOf(signingKey.kid) : undefined;
+      const minted = await mintToken(this.store, signingKey, {
+        ...(chain ? { x5c: chain.map((der) => der.toString('base64')) } : {}),
         issuer,
         audience: request.aud,
         subject,
@@ -309,7 +372,7 @@ export class Authority {
   }
 
   jwks(): JwksResponse {
-    return { keys: this.lifecycle.publishedKeys() };
+    return { keys: this.lifecycle.publishedKeys().map((jwk) => this.withChain(jwk)) };
   }
 
   health(): HealthResponse {

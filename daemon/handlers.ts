@@ -126,6 +126,17 @@ export function createRoutes(
     },
     {
       method: 'GET',
+      path: '/v1/bundle',
+      body: false,
+      async handle(_body, context) {
+        requireAdmin(authority, context);
+        const { version, bundle } = await authority.bundle();
+        context.log = { version };
+        return { status: 200, body: { version, bundle }, headers: NO_STORE };
+      },
+    },
+    {
+      method: 'GET',
       path: '/v1/keys',
       body: false,
       async handle(_body, context) {

@@ -4,6 +4,12 @@ import type { Logger } from 'pino';
 import { configPath, loadConfig, type Config } from '../core/config.js';
 import { HsmintError } from '../core/errors.js';
 import { openKeyStore } from '../core/open.js';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { KeyCertifier } from '../core/ca/certifier.js';
+import { fromPem } from '../core/ca/certificates.js';
+import { signerFor } from '../core/ca/signer.js';
+import type { KeyStore } from '../core/keys/keystore.js';
 import { Authority, stateFiles } from './authority.js';
 import { createRoutes } from './handlers.js';
 import { createLogger } from './logger.js';
@@ -17,12 +23,63 @@ const DRAIN_TIMEOUT_MS = 10_000;
 /** The key timer wakes at least this often, so clock jumps and reloads are noticed. */
 const MAX_KEY_TIMER_SECONDS = 60;
 
+/**
+ * The internal CA for the daemon's keys: online when `ca.key` names a CA key on this token,
+ * else offline (the daemon writes CSRs; certificates come back by file).
+ */
+async function createCertifier(
+  config: Config,
+  store: KeyStore,
+  caStore: KeyStore,
+  logger: Logger,
+): Promise<KeyCertifier> {
+  const ca = config.ca!;
+  let root: Buffer;
+  try {
+    root = fromPem(await readFile(ca.certificate, 'utf8'), 'CERTIFICATE');
+  } catch (cause) {
+    throw new HsmintError('ERR_CA_INVALID', `cannot read the CA certificate ${ca.certificate}`, {
+      cause,
+    });
+  }
+  let caSigner;
+  if (ca.key !== undefined) {
+    const key = (await caStore.list()).find((candidate) => candidate.kid === ca.key);
+    if (!key)
+      throw new HsmintError(
+        'ERR_CA_INVALID',
+        `ca.key ${ca.key} is not a CA key on this token (hsmint ca init makes one)`,
+      );
+    caSigner = signerFor(caStore, key);
+  }
+  const { rotationPeriod, publishAhead } = config.keys;
+  return new KeyCertifier({
+    root,
+    ...(caSigner ? { caSigner } : {}),
+    store,
+    dir: join(config.keys.stateDir, 'certs'),
+    // The longest a key is in use: published, signing, then verifying its last tokens.
+    validitySeconds:
+      publishAhead + rotationPeriod + config.tokens.maxTtl + config.tokens.clockSkew + 86400,
+    now: () => new Date(),
+    report: (event) => logger.info(event, event.event),
+  });
+}
+
 async function start(config: Config, logger: Logger): Promise<void> {
   native(); // fail at start, not on the first connection, when the addon is missing
-  const { store, token } = await openKeyStore(config);
+  const { store, caStore, token } = await openKeyStore(config);
   let authority: Authority;
   try {
-    authority = await Authority.create({ config, store, token, logger, state: stateFiles(config) });
+    const certifier = config.ca ? await createCertifier(config, store, caStore, logger) : undefined;
+    authority = await Authority.create({
+      config,
+      store,
+      token,
+      logger,
+      state: stateFiles(config),
+      ...(certifier ? { certifier } : {}),
+    });
   } catch (error) {
     await store.close();
     throw error;

@@ -15,6 +15,9 @@ import type {
 } from '../protocol.js';
 
 export { HsmintError } from '../errors.js';
+export { verifyWithRoot, type RootVerifyOptions } from '../ca/verify-token.js';
+export { verifyBundle, acceptBundle, readBundleState } from '../ca/bundle.js';
+export { fromPem } from '../ca/certificates.js';
 export type { ErrorCode, VerifyErrorCode } from '../errors.js';
 export type {
   HealthResponse,
@@ -109,6 +112,11 @@ export class HsmintClient {
     request: { jti: string } | { token: string },
   ): Promise<{ revoked: string; until: number }> {
     return this.call('POST', '/v1/tokens/revoke', request, [200]);
+  }
+
+  /** The offline verification bundle, signed, with a version that only grows (admins). */
+  bundle(): Promise<{ version: number; bundle: string }> {
+    return this.call('GET', '/v1/bundle', undefined, [200]);
   }
 
   /** `degraded` comes back with 503 and is still an answer, not an error. */

@@ -11,6 +11,8 @@ export interface MintInput {
   scope?: string[];
   /** Extra claims, already checked against the reserved names by the protocol parser. */
   claims?: Record<string, unknown>;
+  /** The signing key's certificate chain (base64 DER, leaf first) for the header, when asked. */
+  x5c?: string[];
   /** Who minted it (`azp` and the `hsmint` object), set by the daemon. */
   minter?: { azp: string; hsmint: Record<string, unknown> };
   ttlSeconds: number;
@@ -40,7 +42,12 @@ export async function mintToken(
   const iat = Math.floor(input.now.getTime() / 1000);
   const exp = iat + input.ttlSeconds;
   const jti = randomBytes(16).toString('base64url');
-  const header = { alg: key.alg, typ: 'JWT', kid: key.kid };
+  const header = {
+    alg: key.alg,
+    typ: 'JWT',
+    kid: key.kid,
+    ...(input.x5c ? { x5c: input.x5c } : {}),
+  };
   const extra = input.claims ?? {};
   // The parser refuses these already; a second check here keeps the guarantee local to minting.
   const shadowing = Object.keys(extra).find((name) => RESERVED_CLAIMS.has(name));

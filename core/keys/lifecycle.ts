@@ -152,6 +152,13 @@ export class KeyLifecycle {
     return this.jwksOf(['next', 'active', 'retiring']);
   }
 
+  /** The keys in use (next, active, retiring) as the token describes them. */
+  keyInfos(): KeyInfo[] {
+    return this.doc.keys
+      .map((key) => this.tokenKeys.get(key.kid))
+      .filter((info): info is KeyInfo => info !== undefined);
+  }
+
   records(): KeyRecord[] {
     return this.doc.keys.map((key) => ({ ...key }));
   }

@@ -73,7 +73,14 @@ describe('parseConfig', () => {
         publishAhead: 3600,
         stateDir: '/var/lib/hsmint',
       },
-      tokens: { defaultTtl: 300, maxTtl: 3600, clockSkew: 30, maxRevocations: 100_000 },
+      tokens: {
+        defaultTtl: 300,
+        maxTtl: 3600,
+        clockSkew: 30,
+        maxRevocations: 100_000,
+        embedX5c: false,
+      },
+      ca: undefined,
       policy: {
         rules: [
           {
@@ -201,6 +208,7 @@ describe('parseConfig', () => {
       maxTtl: 7200,
       clockSkew: 60,
       maxRevocations: 500,
+      embedX5c: false,
     });
     expect(config.policy).toEqual({
       rules: [
@@ -714,6 +722,22 @@ describe('parseConfig key schedule', () => {
       'keys.publish_ahead',
       11,
     );
+  });
+});
+
+describe('parseConfig ca', () => {
+  it('reads the CA certificate path (relative to the file) and the optional CA key', () => {
+    const config = parseConfig(`${MINIMAL}\nca:\n  certificate: ca.pem\n  key: abc`, FILE);
+    expect(config.ca).toEqual({ certificate: '/etc/hsmint/ca.pem', key: 'abc' });
+    expect(parseConfig(`${MINIMAL}\nca:\n  certificate: /ca.pem`, FILE).ca).toEqual({
+      certificate: '/ca.pem',
+      key: undefined,
+    });
+  });
+
+  it('refuses embed_x5c without a CA, and a CA without its certificate', () => {
+    expectInvalid(`${MINIMAL}\n  embed_x5c: true`, 'tokens.embed_x5c', 10);
+    expectInvalid(`${MINIMAL}\nca:\n  key: abc`, 'ca.certificate', 11);
   });
 });
 
