@@ -1,4 +1,6 @@
+import { X509Certificate } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
+import { jwtVerify } from 'jose';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fromPem } from '../../core/ca/certificates.js';
@@ -94,6 +96,25 @@ describe('the internal CA, online on the daemon token', () => {
     const root = fromPem(await readFile(ca.certificate, 'utf8'), 'CERTIFICATE');
     const result = await verifyWithRoot(rotated.token, { root, audience: 'api' });
     expect(result.valid).toBe(true);
+  });
+
+  it('verifies with an independent verifier: node X509 for the chain, jose for the token', async () => {
+    const minted = await daemon.client.mint({ aud: 'api' });
+    const [leafB64, rootB64] = headerOf(minted.token).x5c as string[];
+    const pinned = new X509Certificate(await readFile(ca.certificate));
+    const leaf = new X509Certificate(Buffer.from(leafB64!, 'base64'));
+    // The chain's root is the pinned one, and the leaf was signed by it.
+    expect(new X509Certificate(Buffer.from(rootB64!, 'base64')).fingerprint256).toBe(
+      pinned.fingerprint256,
+    );
+    expect(leaf.checkIssued(pinned)).toBe(true);
+    expect(leaf.verify(pinned.publicKey)).toBe(true);
+    expect(leaf.subject).toBe(`CN=${minted.kid}`);
+    const { payload } = await jwtVerify(minted.token, leaf.publicKey, {
+      algorithms: ['ES256'],
+      audience: 'api',
+    });
+    expect(payload.jti).toBe(minted.jti);
   });
 
   it('rejects keys that another CA certified, and tokens without a chain', async () => {
