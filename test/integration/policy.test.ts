@@ -93,6 +93,8 @@ function policy(config: Record<string, any>): void {
   );
 }
 
+// Switching to other users needs root (setpriv). CI runs as root, so these always run there;
+// a developer without root sees them reported as skipped, not silently passed.
 describe.runIf(isRoot)(
   'callers are told apart by the kernel and granted exactly what the policy says',
   () => {
@@ -287,6 +289,7 @@ async function writableCgroupRoot(): Promise<string | undefined> {
   }
   return undefined;
 }
+// Needs root and a writable systemd cgroup hierarchy (v1 name=systemd or v2), which CI has.
 const cgroupRoot = isRoot ? await writableCgroupRoot() : undefined;
 
 describe.runIf(cgroupRoot !== undefined)('the unit rule', () => {
