@@ -198,7 +198,8 @@ export class Authority {
   ): Promise<{ jti: string; until: number; new: boolean }> {
     const now = Math.floor(this.now().getTime() / 1000);
     const skew = this.config.tokens.clockSkew;
-    const until = exp === undefined ? now + this.config.tokens.maxTtl + skew : exp + skew;
+    // Without the token, assume the longest life any token of a key in use can have.
+    const until = exp === undefined ? now + this.lifecycle.longestTokenLife() : exp + skew;
     return { jti, until, new: await this.revocations.revoke(jti, until) };
   }
 
@@ -240,6 +241,8 @@ export class Authority {
     if (path !== bound.path || mode !== bound.mode || group !== bound.group)
       restartNeeded.push('socket');
     if (config.keys.stateDir !== this.config.keys.stateDir) restartNeeded.push('keys.state_dir');
+    if (JSON.stringify(config.ca) !== JSON.stringify(this.config.ca)) restartNeeded.push('ca');
+    if (config.keys.rsaBits !== this.config.keys.rsaBits) restartNeeded.push('keys.rsa_bits');
     const previous = this.config;
     // The token, the bound socket and the state files stay; limits, tokens, policy and keys change.
     this.config = {

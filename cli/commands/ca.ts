@@ -10,7 +10,8 @@ import {
 } from '../../core/ca/certificates.js';
 import { signerFor } from '../../core/ca/signer.js';
 import { HsmintError } from '../../core/errors.js';
-import { ALGORITHMS, isAlgorithm } from '../../core/keys/algorithms.js';
+import { existsSync } from 'node:fs';
+import { ALGORITHMS, isAlgorithm, type Algorithm } from '../../core/keys/algorithms.js';
 import { openKeyStore } from '../../core/open.js';
 import { run, type CliContext } from '../context.js';
 import { EXIT, printJson, wantsJson } from '../output.js';
@@ -26,9 +27,12 @@ function days(value: unknown, fallback: number): number {
 }
 
 /** Opens the CA keys on the token of `configFile`; the caller closes the store. */
-async function caKeys(configFile: string | undefined) {
+async function caKeys(configFile: string | undefined, alg?: Algorithm) {
   const config = loadConfig(configPath(configFile));
-  const { caStore } = await openKeyStore(config);
+  // The token must offer the CA key's mechanisms, not only the signing keys' ones.
+  const { caStore } = await openKeyStore(
+    alg ? { ...config, keys: { ...config.keys, algorithm: alg } } : config,
+  );
   return caStore;
 }
 
@@ -49,7 +53,11 @@ export function caCommand(context: CliContext): Command {
         const alg = options['alg'];
         if (!isAlgorithm(alg))
           throw new HsmintError('ERR_USAGE', `--alg must be one of ${ALGORITHMS.join(', ')}`);
-        const store = await caKeys(options['config'] as string | undefined);
+        const out = options['out'] as string;
+        // Checked before the key is made, so a refused --out never leaves an orphan CA key.
+        if (existsSync(out))
+          throw new HsmintError('ERR_USAGE', `${out} exists; choose another --out`);
+        const store = await caKeys(options['config'] as string | undefined, alg);
         try {
           const key = await store.generate(alg);
           const now = Date.now();

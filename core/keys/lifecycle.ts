@@ -18,6 +18,11 @@ export interface KeyRecord {
   activeFrom?: number;
   /** retiring: when every token it signed has expired (plus skew) and it may be destroyed. */
   retireAt?: number;
+  /**
+   * active: the longest max TTL + skew in force while it signed. A reload that shortens
+   * max_ttl must not shorten the life of tokens this key already signed.
+   */
+  retireAfter?: number;
 }
 
 export interface LifecycleDocument {
@@ -163,6 +168,16 @@ export class KeyLifecycle {
     return this.doc.keys.map((key) => ({ ...key }));
   }
 
+  /** The longest a token signed by any key still in use may live past its issue, plus skew. */
+  longestTokenLife(): number {
+    const now = this.now();
+    return Math.max(
+      this.schedule.retireAfter,
+      ...this.doc.keys.map((key) => key.retireAfter ?? 0),
+      ...this.doc.keys.map((key) => (key.retireAt === undefined ? 0 : key.retireAt - now)),
+    );
+  }
+
   isRevoked(kid: string): boolean {
     return this.doc.revoked.some((entry) => entry.kid === kid);
   }
@@ -275,6 +290,10 @@ export class KeyLifecycle {
     const now = this.now();
     let changed = false;
     const active = this.active();
+    if (active && (active.retireAfter ?? 0) < this.schedule.retireAfter) {
+      active.retireAfter = this.schedule.retireAfter;
+      changed = true;
+    }
     const schedule = this.schedule;
     const wrongAlgorithm = active !== undefined && active.alg !== schedule.algorithm;
     let next = this.find('next');
@@ -338,6 +357,7 @@ export class KeyLifecycle {
   private activate(record: KeyRecord, emergency: boolean): void {
     record.state = 'active';
     record.activeFrom = this.now();
+    record.retireAfter = this.schedule.retireAfter;
     delete record.activateAt;
     this.report({ event: 'key.activate', kid: record.kid, emergency });
   }
@@ -345,7 +365,8 @@ export class KeyLifecycle {
   /** Stops signing; verifies until every token it could have signed has expired, plus skew. */
   private retire(record: KeyRecord): void {
     record.state = 'retiring';
-    record.retireAt = this.now() + this.schedule.retireAfter;
+    record.retireAt = this.now() + Math.max(record.retireAfter ?? 0, this.schedule.retireAfter);
+    delete record.retireAfter;
     this.report({ event: 'key.retire', kid: record.kid, retireAt: record.retireAt });
   }
 

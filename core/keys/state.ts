@@ -33,9 +33,9 @@ export class JsonFile<T> implements DocumentStore<T> {
 
   async write(value: T): Promise<void> {
     const folder = dirname(this.path);
-    await mkdir(folder, { recursive: true, mode: 0o700 });
     const temporary = join(folder, `.${randomBytes(6).toString('hex')}.tmp`);
     try {
+      await mkdir(folder, { recursive: true, mode: 0o700 });
       const handle = await open(temporary, 'wx', 0o600);
       try {
         await handle.writeFile(`${JSON.stringify(value, null, 2)}\n`);

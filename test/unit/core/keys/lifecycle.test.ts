@@ -247,3 +247,25 @@ describe('token revocation through the authority', () => {
     await expect(authority.revokeToken('c', undefined)).resolves.toMatchObject({ jti: 'c' });
   });
 });
+
+describe('a shorter max_ttl after a reload', () => {
+  it('never shortens the verification window of tokens the active key already signed', async () => {
+    const clock = fakeClock();
+    const store = new MemoryKeyStore({ now: clock.now });
+    const long = {
+      algorithm: 'ES256' as const,
+      rotationPeriod: 2 * HOUR,
+      publishAhead: 10 * MINUTE,
+      retireAfter: HOUR,
+    };
+    const lifecycle = new KeyLifecycle(store, new MemoryDocument(), long, clock.seconds);
+    await lifecycle.open();
+    const signer = lifecycle.signingKey().kid;
+    await lifecycle.setSchedule({ ...long, retireAfter: 5 * MINUTE });
+    await lifecycle.rotateNow();
+    const retiring = lifecycle.records().find((key) => key.kid === signer)!;
+    expect(retiring.retireAt! - clock.seconds()).toBe(HOUR);
+    // A jti revoked without its token is refused as long as any such token can live.
+    expect(lifecycle.longestTokenLife()).toBe(HOUR);
+  });
+});
