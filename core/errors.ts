@@ -82,6 +82,10 @@ export const ERROR_CODES = {
   },
   ERR_SHUTTING_DOWN: { status: 503, meaning: 'The daemon is draining and takes no new work.' },
   ERR_INTERNAL: { status: 500, meaning: 'An unexpected fault; details are in the daemon log.' },
+  ERR_AUDIT_UNAVAILABLE: {
+    status: 503,
+    meaning: 'The audit log cannot be written (disk full, read-only, permissions, I/O error).',
+  },
 
   // Verification outcomes (`valid: false`)
   ERR_TOKEN_MALFORMED: {
@@ -197,6 +201,13 @@ export const ERROR_CODES = {
   ERR_BUNDLE_STATE_INVALID: {
     status: null,
     meaning: 'The bundle state file cannot be read, parsed or written.',
+  },
+
+  // The audit log (never on the wire)
+  ERR_AUDIT_CORRUPT: {
+    status: null,
+    meaning:
+      'The audit log fails verification: a record is malformed, out of sequence, off the hash chain, or under a bad checkpoint.',
   },
 } as const satisfies Record<string, { status: number | null; meaning: string }>;
 
