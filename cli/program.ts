@@ -4,6 +4,7 @@ import { keysCommand } from './commands/keys.js';
 import { mintCommand } from './commands/mint.js';
 import { softhsmCommand } from './commands/softhsm.js';
 import { statusCommand } from './commands/status.js';
+import { auditCommand } from './commands/audit.js';
 import { bundleCommand } from './commands/bundle.js';
 import { caCommand } from './commands/ca.js';
 import { revokeCommand } from './commands/revoke.js';
@@ -39,6 +40,7 @@ export function createProgram(context: CliContext): Command {
     revokeCommand,
     caCommand,
     bundleCommand,
+    auditCommand,
     softhsmCommand,
   ]) {
     const command = factory(context);

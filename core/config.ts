@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { basename, dirname, isAbsolute, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { parseDuration } from './duration.js';
 import { HsmintError } from './errors.js';
@@ -61,6 +61,8 @@ export interface Config {
     /** Put each token's certificate chain in its JWS header (x5c). */
     embedX5c: boolean;
   };
+  /** The tamper-evident audit log. */
+  audit: { dir: string; checkpointEvery: number; checkpointInterval: number; segmentSize: number };
   /** The internal CA; absent when keys are trusted through the JWKS alone. */
   ca: { certificate: string; key: string | undefined } | undefined;
   policy: Policy;
@@ -80,6 +82,9 @@ export const DEFAULTS = {
   publishAhead: '1h',
   stateDir: '/var/lib/hsmint',
   maxRevocations: 100_000,
+  checkpointEvery: 1000,
+  checkpointInterval: '60s',
+  segmentSize: 16 * 1024 * 1024,
   defaultTtl: '5m',
   maxTtl: '1h',
   clockSkew: '30s',
@@ -279,7 +284,11 @@ export function parseConfig(text: string, file: string): Config {
   const base = dirname(resolve(file));
   const absolute = (value: string) => (isAbsolute(value) ? value : resolve(base, value));
 
-  read.section([], ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'policy', 'ca', 'log'], true);
+  read.section(
+    [],
+    ['issuer', 'socket', 'hsm', 'keys', 'tokens', 'policy', 'ca', 'audit', 'log'],
+    true,
+  );
   const issuer = read.string(['issuer']);
   if (issuer.length > 256 || /[\s\0]/.test(issuer))
     read.fail(['issuer'], 'expected a URI or name without spaces, at most 256 characters');
@@ -328,6 +337,7 @@ export function parseConfig(text: string, file: string): Config {
     ['tokens'],
     ['default_ttl', 'max_ttl', 'clock_skew', 'max_revocations', 'embed_x5c'],
   );
+  read.section(['audit'], ['dir', 'checkpoint_every', 'checkpoint_interval', 'segment_size']);
   const caSection = read.section(['ca'], ['certificate', 'key']);
   const ca =
     Object.keys(caSection).length === 0
@@ -415,6 +425,25 @@ export function parseConfig(text: string, file: string): Config {
       ),
     },
     policy,
+    audit: {
+      dir: absolute(read.string(['audit', 'dir'], join(stateDirOf(read, absolute), 'audit'))),
+      checkpointEvery: read.integer(
+        ['audit', 'checkpoint_every'],
+        DEFAULTS.checkpointEvery,
+        1,
+        1_000_000,
+      ),
+      checkpointInterval: read.duration(
+        ['audit', 'checkpoint_interval'],
+        DEFAULTS.checkpointInterval,
+      ),
+      segmentSize: read.integer(
+        ['audit', 'segment_size'],
+        DEFAULTS.segmentSize,
+        64 * 1024,
+        2 ** 31,
+      ),
+    },
     ca,
     log: { level: read.oneOf(['log', 'level'], LOG_LEVELS, DEFAULTS.logLevel) },
   };
@@ -531,6 +560,10 @@ function parsePolicy(read: ConfigReader, maxTtl: number): Policy {
     };
   });
   return { rules };
+}
+
+function stateDirOf(read: ConfigReader, absolute: (value: string) => string): string {
+  return absolute(read.string(['keys', 'state_dir'], DEFAULTS.stateDir));
 }
 
 export function loadConfig(file: string): Config {

@@ -82,6 +82,10 @@ export const ERROR_CODES = {
   },
   ERR_SHUTTING_DOWN: { status: 503, meaning: 'The daemon is draining and takes no new work.' },
   ERR_INTERNAL: { status: 500, meaning: 'An unexpected fault; details are in the daemon log.' },
+  ERR_CLOCK_ROLLBACK: {
+    status: 503,
+    meaning: 'The clock is earlier than the last audit record by more than the clock skew.',
+  },
   ERR_AUDIT_UNAVAILABLE: {
     status: 503,
     meaning: 'The audit log cannot be written (disk full, read-only, permissions, I/O error).',

@@ -23,6 +23,8 @@ export async function openKeyStore(config: Config): Promise<{
   store: Pkcs11KeyStore;
   /** The internal CA's keys on the same token (labels hsmint-ca-...); never signs tokens. */
   caStore: Pkcs11KeyStore;
+  /** The dedicated key that signs audit checkpoints (labels hsmint-audit-...). */
+  auditStore: Pkcs11KeyStore;
   token: { label: string; serial: string };
 }> {
   const pin = await readPinFile(config.hsm.pinFile);
@@ -47,6 +49,7 @@ export async function openKeyStore(config: Config): Promise<{
   return {
     store: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits }),
     caStore: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits, purpose: 'ca' }),
+    auditStore: new Pkcs11KeyStore(token, { rsaBits: config.keys.rsaBits, purpose: 'audit' }),
     token: { label: token.info.label, serial: token.info.serial },
   };
 }

@@ -4,6 +4,7 @@ import { HsmintError } from '../core/errors.js';
 import { mintToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import { join } from 'node:path';
+import type { AuditEvent } from '../core/audit/record.js';
 import { createBundle } from '../core/ca/bundle.js';
 import type { KeyCertifier } from '../core/ca/certifier.js';
 import { signerFor } from '../core/ca/signer.js';
@@ -33,6 +34,10 @@ export interface AuthorityOptions {
   token: { label: string; serial: string };
   logger: Logger;
   now?: () => Date;
+  /** The tamper-evident log every action lands in; mints are answered only once recorded. */
+  audit?: AuditSink;
+  /** The public keys of the audit checkpoint key, for GET /v1/audit/keys. */
+  auditKeys?: PublicJwk[];
   /** Certifies every signing key with the internal CA, when one is configured. */
   certifier?: KeyCertifier;
   /** Where key states and revocations persist; in memory when absent (tests). */
@@ -41,6 +46,47 @@ export interface AuthorityOptions {
     revocations: DocumentStore<RevocationDocument>;
     bundle?: DocumentStore<{ version: number }>;
   };
+}
+
+/** What the authority needs of the audit log (core/audit/log.ts's AuditLog fits). */
+export interface AuditSink {
+  append(event: AuditEvent): Promise<{ seq: number }>;
+  health(): { ok: boolean; reason?: string };
+  lastTimestamp(): Date | undefined;
+}
+
+/** The caller as the audit log records it. */
+function callerFields(caller: Caller): Record<string, unknown> {
+  return {
+    uid: caller.uid,
+    gid: caller.gid,
+    pid: caller.pid,
+    ...(caller.user === undefined ? {} : { user: caller.user }),
+    ...(caller.unit === undefined ? {} : { unit: caller.unit }),
+    ...(caller.exe === undefined ? {} : { exe: caller.exe }),
+  };
+}
+
+/** kid and jti of a token that failed verification, when readable: never the token itself. */
+function unverifiedIds(token: unknown): Record<string, string> {
+  if (typeof token !== 'string') return {};
+  const [header, payload] = token.split('.');
+  const read = (part: string | undefined) => {
+    try {
+      return JSON.parse(Buffer.from(part ?? '', 'base64url').toString('utf8')) as Record<
+        string,
+        unknown
+      >;
+    } catch {
+      return {};
+    }
+  };
+  const ids: Record<string, string> = {};
+  const kid = read(header)['kid'];
+  const jti = read(payload)['jti'];
+  if (typeof kid === 'string' && /^[\w-]{1,128}$/.test(kid)) ids['kid'] = kid;
+  if (typeof jti === 'string' && /^[\w-]{1,256}$/.test(jti)) ids['jti'] = jti;
+  return ids;
 }
 
 /** The lifecycle's schedule from the configuration: retirement waits out max TTL + skew. */
@@ -77,6 +123,10 @@ export class Authority {
   private readonly revocations: RevocationList;
   private readonly store: KeyStore;
   private readonly certifier: KeyCertifier | undefined;
+  private readonly audit: AuditSink | undefined;
+  readonly auditKeys: PublicJwk[];
+  /** Records that could not be written while the log was down (verify failures, denials). */
+  private unrecorded = 0;
   private readonly bundleVersion: DocumentStore<{ version: number }>;
   private readonly startedAt: number;
   /** The last token failure, cleared by the next good signature; it drives `degraded`. */
@@ -86,6 +136,8 @@ export class Authority {
     this.config = options.config;
     this.store = options.store;
     this.certifier = options.certifier;
+    this.audit = options.audit;
+    this.auditKeys = options.auditKeys ?? [];
     this.bundleVersion = options.state?.bundle ?? new MemoryDocument();
     this.token = options.token;
     this.logger = options.logger;
@@ -101,7 +153,10 @@ export class Authority {
       state.keys,
       scheduleOf(this.config),
       seconds,
-      (event) => this.logger.info(event, event.event),
+      (event) => {
+        this.logger.info(event, event.event);
+        this.record({ ...event });
+      },
     );
     this.revocations = new RevocationList(
       state.revocations,
@@ -310,13 +365,29 @@ export class Authority {
   /** Mints under `settings`, the configuration the request arrived under. */
   async mint(request: MintRequest, caller: Caller, settings: Config): Promise<MintResponse> {
     const { tokens, issuer, policy } = settings;
-    const grant = this.grant(caller, policy);
-    const { subject, ttl: ttlSeconds } = authorizeMint(grant, request, tokens.defaultTtl);
-    if (ttlSeconds > tokens.maxTtl) {
-      throw new HsmintError(
-        'ERR_TTL_TOO_LONG',
-        `ttl ${ttlSeconds}s is over the maximum of ${tokens.maxTtl}s`,
-      );
+    this.checkClock(tokens.clockSkew);
+    let grant: Grant;
+    let subject: string;
+    let ttlSeconds: number;
+    try {
+      grant = this.grant(caller, policy);
+      ({ subject, ttl: ttlSeconds } = authorizeMint(grant, request, tokens.defaultTtl));
+      if (ttlSeconds > tokens.maxTtl) {
+        throw new HsmintError(
+          'ERR_TTL_TOO_LONG',
+          `ttl ${ttlSeconds}s is over the maximum of ${tokens.maxTtl}s`,
+        );
+      }
+    } catch (error) {
+      if (error instanceof HsmintError)
+        this.record({
+          event: 'deny',
+          code: error.code,
+          aud: request.aud,
+          sub: request.sub,
+          ...callerFields(caller),
+        });
+      throw error;
     }
     // Every token names who minted it: the caller's own subject, its uid and unit, the rule.
     const minter = {
@@ -342,6 +413,19 @@ export class Authority {
         now: this.now(),
       });
       this.tokenFault = undefined;
+      // Durable before the answer: the caller gets the token only once its record is on disk.
+      await this.audit?.append({
+        event: 'mint',
+        jti: minted.jti,
+        kid: minted.kid,
+        sub: subject,
+        aud: request.aud,
+        ...(request.scope === undefined ? {} : { scope: request.scope }),
+        exp: minted.exp,
+        rule: grant.rule,
+        ...callerFields(caller),
+      });
+      this.flushUnrecorded();
       return {
         token: minted.token,
         sub: subject,
@@ -352,6 +436,7 @@ export class Authority {
         exp: minted.exp,
       };
     } catch (error) {
+      if (error instanceof HsmintError && error.code === 'ERR_AUDIT_UNAVAILABLE') throw error;
       const tokenFailed = !(error instanceof HsmintError) || error.code === 'ERR_HSM_UNAVAILABLE';
       if (!tokenFailed) throw error;
       const ckr = error instanceof HsmintError ? error.details?.['ckr'] : undefined;
@@ -367,11 +452,58 @@ export class Authority {
     }
   }
 
-  verify(request: VerifyRequest): Promise<VerifyResult> {
-    return this.verifier.verify(
+  async verify(request: VerifyRequest, caller?: Caller): Promise<VerifyResult> {
+    const result = await this.verifier.verify(
       request.token,
       request.aud === undefined ? {} : { audience: request.aud },
     );
+    if (!result.valid) {
+      this.record({
+        event: 'verify.fail',
+        code: result.error.code,
+        ...unverifiedIds(request.token),
+        ...(caller ? callerFields(caller) : {}),
+      });
+    }
+    return result;
+  }
+
+  /**
+   * Records an event without holding up the answer (denials, verify failures, key events).
+   * While the log is down they are counted, and the count is recorded once it is back.
+   */
+  record(event: AuditEvent): void {
+    if (!this.audit) return;
+    this.audit.append(event).then(
+      () => this.flushUnrecorded(),
+      () => {
+        this.unrecorded++;
+      },
+    );
+  }
+
+  /** Once the log takes records again, it learns how many it missed meanwhile. */
+  private flushUnrecorded(): void {
+    if (this.unrecorded === 0 || !this.audit) return;
+    const count = this.unrecorded;
+    this.unrecorded = 0;
+    this.audit.append({ event: 'audit.unrecorded', count }).catch(() => (this.unrecorded += count));
+  }
+
+  /** A wall clock behind the last record by more than the skew stops minting: time must not run back. */
+  private checkClock(skew: number): void {
+    const last = this.audit?.lastTimestamp();
+    if (last && this.now().getTime() < last.getTime() - skew * 1000) {
+      this.record({
+        event: 'clock.rollback',
+        last: last.toISOString(),
+        now: this.now().toISOString(),
+      });
+      throw new HsmintError(
+        'ERR_CLOCK_ROLLBACK',
+        `the clock is behind the last audit record (${last.toISOString()})`,
+      );
+    }
   }
 
   jwks(): JwksResponse {
@@ -380,9 +512,13 @@ export class Authority {
 
   health(): HealthResponse {
     const active = this.lifecycle.signingKey();
+    const audit = this.audit?.health();
+    const reason =
+      this.tokenFault ??
+      (audit && !audit.ok ? `audit log unavailable: ${audit.reason ?? 'write failed'}` : undefined);
     return {
-      status: this.tokenFault ? 'degraded' : 'ok',
-      ...(this.tokenFault ? { reason: this.tokenFault } : {}),
+      status: reason ? 'degraded' : 'ok',
+      ...(reason ? { reason } : {}),
       issuer: this.config.issuer,
       algorithm: active.alg,
       active_kid: active.kid,

@@ -62,7 +62,7 @@ export function createRoutes(
       path: '/v1/tokens/verify',
       body: true,
       async handle(body, context) {
-        const result = await authority.verify(parseVerifyRequest(body));
+        const result = await authority.verify(parseVerifyRequest(body), context.caller);
         if (result.valid)
           context.log = { valid: true, jti: result.claims.jti, kid: result.header.kid };
         else context.log = { valid: false, code: result.error.code };
@@ -120,6 +120,18 @@ export function createRoutes(
         return {
           status: 200,
           body: await actions.reload(),
+          headers: { 'cache-control': 'no-store' },
+        };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/audit/keys',
+      body: false,
+      async handle() {
+        return {
+          status: 200,
+          body: { keys: authority.auditKeys },
           headers: { 'cache-control': 'no-store' },
         };
       },
@@ -214,6 +226,12 @@ export function createRoutes(
           exp = result.claims.exp;
         }
         const revoked = await authority.revokeToken(jti, exp);
+        authority.record({
+          event: 'token.revoke',
+          jti,
+          until: revoked.until,
+          by_uid: context.caller.uid,
+        });
         context.log = { jti, until: revoked.until };
         return { status: 200, body: { revoked: jti, until: revoked.until }, headers: NO_STORE };
       },

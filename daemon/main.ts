@@ -6,6 +6,7 @@ import { HsmintError } from '../core/errors.js';
 import { openKeyStore } from '../core/open.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { AuditLog } from '../core/audit/log.js';
 import { KeyCertifier } from '../core/ca/certifier.js';
 import { fromPem } from '../core/ca/certificates.js';
 import { signerFor } from '../core/ca/signer.js';
@@ -66,11 +67,49 @@ async function createCertifier(
   });
 }
 
-async function start(config: Config, logger: Logger): Promise<void> {
+/**
+ * The audit log, sealed by checkpoints signed with a dedicated audit key on the token (made
+ * on first start, labelled hsmint-audit-...; never a signing key, never in the JWKS).
+ */
+async function openAudit(
+  config: Config,
+  auditStore: KeyStore,
+  logger: Logger,
+  allowBrokenChain: boolean,
+) {
+  const existing = (await auditStore.list()).at(-1);
+  const key = existing ?? (await auditStore.generate(config.keys.algorithm));
+  if (!existing)
+    logger.info(
+      { event: 'audit.key_generate', kid: key.kid },
+      'generated the audit checkpoint key',
+    );
+  const log = await AuditLog.open({
+    dir: config.audit.dir,
+    signer: signerFor(auditStore, key),
+    checkpointEvery: {
+      records: config.audit.checkpointEvery,
+      seconds: config.audit.checkpointInterval,
+    },
+    segmentBytes: config.audit.segmentSize,
+    allowBrokenChain,
+    report: (event) => logger.warn(event, String(event.event)),
+  });
+  return { log, keys: (await auditStore.list()).map((entry) => entry.publicJwk) };
+}
+
+async function start(
+  config: Config,
+  logger: Logger,
+  flags: { allowBrokenAudit: boolean },
+): Promise<void> {
   native(); // fail at start, not on the first connection, when the addon is missing
-  const { store, caStore, token } = await openKeyStore(config);
+  const { store, caStore, auditStore, token } = await openKeyStore(config);
   let authority: Authority;
+  let audit: AuditLog;
   try {
+    const opened = await openAudit(config, auditStore, logger, flags.allowBrokenAudit);
+    audit = opened.log;
     const certifier = config.ca ? await createCertifier(config, store, caStore, logger) : undefined;
     authority = await Authority.create({
       config,
@@ -78,12 +117,19 @@ async function start(config: Config, logger: Logger): Promise<void> {
       token,
       logger,
       state: stateFiles(config),
+      audit,
+      auditKeys: opened.keys,
       ...(certifier ? { certifier } : {}),
     });
   } catch (error) {
     await store.close();
     throw error;
   }
+  await audit.append({
+    event: 'daemon.start',
+    kid: authority.activeKey.kid,
+    allow_broken_audit: flags.allowBrokenAudit,
+  });
   if (config.policy.rules.length === 0) {
     logger.warn({ event: 'policy.empty' }, 'policy.rules is empty: every mint is refused');
   }
@@ -105,12 +151,17 @@ async function start(config: Config, logger: Logger): Promise<void> {
           },
           'configuration reloaded',
         );
+        authority.record({ event: 'config.reload', restart_needed: restartNeeded });
         return { reloaded: true as const, restart_needed: restartNeeded };
       } catch (error) {
         logger.error(
           { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
           'reload refused; the old configuration stays',
         );
+        authority.record({
+          event: 'config.reload_failed',
+          code: (error as HsmintError).code ?? 'ERR_INTERNAL',
+        });
         throw error;
       }
     });
@@ -168,6 +219,8 @@ async function start(config: Config, logger: Logger): Promise<void> {
     logger.info({ event: 'daemon.stopping', signal }, 'draining in-flight requests');
     clearTimeout(keyTimer);
     await server.drain(DRAIN_TIMEOUT_MS);
+    await audit.append({ event: 'daemon.stop', signal }).catch(() => undefined);
+    await audit.close(); // flushes and seals the log with a final checkpoint
     await authority.close();
     logger.info({ event: 'daemon.stop' }, 'hsmintd stopped; the token is closed');
     logger.flush();
@@ -182,6 +235,8 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       config: { type: 'string', short: 'c' },
+      // After tampering or disk damage, start anyway; the override is itself recorded.
+      'allow-broken-audit': { type: 'boolean' },
       version: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -189,7 +244,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     process.stdout.write(
-      'usage: hsmintd [--config FILE]\n  FILE defaults to $HSMINT_CONFIG or /etc/hsmint/hsmint.yaml\n',
+      'usage: hsmintd [--config FILE] [--allow-broken-audit]\n  FILE defaults to $HSMINT_CONFIG or /etc/hsmint/hsmint.yaml\n',
     );
     return;
   }
@@ -200,7 +255,7 @@ async function main(): Promise<void> {
   const config = loadConfig(configPath(values.config));
   const logger = createLogger(config.log.level);
   try {
-    await start(config, logger);
+    await start(config, logger, { allowBrokenAudit: values['allow-broken-audit'] === true });
   } catch (error) {
     logger.fatal(
       { event: 'daemon.start_failed', code: (error as HsmintError).code, err: error },

@@ -4,6 +4,7 @@
  */
 import { Agent, request as httpRequest } from 'node:http';
 import { HsmintError, isErrorCode } from '../errors.js';
+import type { PublicJwk } from '../keys/keystore.js';
 import type { VerifyResult } from '../jwt/verify.js';
 import type {
   HealthResponse,
@@ -112,6 +113,11 @@ export class HsmintClient {
     request: { jti: string } | { token: string },
   ): Promise<{ revoked: string; until: number }> {
     return this.call('POST', '/v1/tokens/revoke', request, [200]);
+  }
+
+  /** The audit checkpoint key's public keys: what `hsmint audit verify` needs offline. */
+  auditKeys(): Promise<{ keys: PublicJwk[] }> {
+    return this.call('GET', '/v1/audit/keys', undefined, [200]);
   }
 
   /** The offline verification bundle, signed, with a version that only grows (admins). */

@@ -42,10 +42,10 @@ export interface KeyStore {
  * keys. Each store lists only its own kind, so a CA key never signs a token and never
  * appears in the JWKS.
  */
-export const KEY_PURPOSES = { signing: 'hsmint', ca: 'hsmint-ca' } as const;
+export const KEY_PURPOSES = { signing: 'hsmint', ca: 'hsmint-ca', audit: 'hsmint-audit' } as const;
 export type KeyPurpose = keyof typeof KEY_PURPOSES;
 
-const LABEL = /^(hsmint|hsmint-ca)-(ES256|ES384|PS256|RS256|EdDSA)-(\d{8}T\d{6}Z)$/;
+const LABEL = /^(hsmint|hsmint-ca|hsmint-audit)-(ES256|ES384|PS256|RS256|EdDSA)-(\d{8}T\d{6}Z)$/;
 
 /** Keys are named after their purpose, algorithm and creation time, so a token listing reads plainly. */
 export function keyLabel(alg: Algorithm, createdAt: Date, purpose: KeyPurpose = 'signing'): string {

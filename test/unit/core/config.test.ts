@@ -80,6 +80,12 @@ describe('parseConfig', () => {
         maxRevocations: 100_000,
         embedX5c: false,
       },
+      audit: {
+        dir: '/var/lib/hsmint/audit',
+        checkpointEvery: 1000,
+        checkpointInterval: 60,
+        segmentSize: 16 * 1024 * 1024,
+      },
       ca: undefined,
       policy: {
         rules: [

@@ -66,6 +66,7 @@ describe('createRoutes', () => {
       ['GET', '/v1/health', false],
       ['GET', '/v1/whoami', false],
       ['POST', '/v1/reload', false],
+      ['GET', '/v1/audit/keys', false],
       ['GET', '/v1/bundle', false],
       ['GET', '/v1/keys', false],
       ['POST', '/v1/keys/rotate', false],
