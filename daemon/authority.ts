@@ -297,6 +297,8 @@ export class Authority {
       restartNeeded.push('socket');
     if (config.keys.stateDir !== this.config.keys.stateDir) restartNeeded.push('keys.state_dir');
     if (JSON.stringify(config.ca) !== JSON.stringify(this.config.ca)) restartNeeded.push('ca');
+    if (JSON.stringify(config.audit) !== JSON.stringify(this.config.audit))
+      restartNeeded.push('audit');
     if (config.keys.rsaBits !== this.config.keys.rsaBits) restartNeeded.push('keys.rsa_bits');
     const previous = this.config;
     // The token, the bound socket and the state files stay; limits, tokens, policy and keys change.
