@@ -280,6 +280,7 @@ export class Authority {
       version,
       issuer: this.config.issuer,
       jwks: { keys: this.lifecycle.publishedKeys() },
+      ...(this.auditKeys.length > 0 ? { auditKeys: this.auditKeys } : {}),
       chain,
       signer: signerFor(this.store, key),
       now,

@@ -41,6 +41,10 @@ export function bundleCommand(context: CliContext): Command {
       join(homedir(), '.hsmint-bundle-state.json'),
     )
     .option('--jwks-out <file>', 'write the verified JWKS here for local verifiers')
+    .option(
+      '--audit-keys-out <file>',
+      'write the audit public keys here, for hsmint audit verify --keys',
+    )
     .action(
       run<[string]>(context, async (options, _command, file) => {
         const root = fromPem(await readFile(options['root'] as string, 'utf8'), 'CERTIFICATE');
@@ -51,6 +55,13 @@ export function bundleCommand(context: CliContext): Command {
           ...(last === undefined ? {} : { minVersion: last }),
         });
         await acceptBundle(stateFile, verified.version);
+        if (typeof options['auditKeysOut'] === 'string') {
+          await writeFile(
+            options['auditKeysOut'],
+            `${JSON.stringify({ keys: verified.auditKeys ?? [] }, null, 2)}\n`,
+            { mode: 0o644 },
+          );
+        }
         if (typeof options['jwksOut'] === 'string')
           await writeFile(options['jwksOut'], `${JSON.stringify(verified.jwks, null, 2)}\n`, {
             mode: 0o644,

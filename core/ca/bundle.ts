@@ -35,6 +35,8 @@ export interface BundleInput {
    * not trusted: a bundle is trusted through the pinned root only, and adds no root to it.
    */
   roots?: Buffer[];
+  /** The audit checkpoint key's public keys, so `hsmint audit verify` works across the gap too. */
+  auditKeys?: PublicJwk[];
 }
 
 export interface VerifiedBundle {
@@ -44,6 +46,7 @@ export interface VerifiedBundle {
   iat: number;
   jwks: { keys: PublicJwk[] };
   roots?: Buffer[];
+  auditKeys?: PublicJwk[];
 }
 
 export interface VerifyBundleOptions {
@@ -61,7 +64,7 @@ export interface BundleState {
 
 const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
-const PAYLOAD_FIELDS = new Set(['version', 'iat', 'iss', 'jwks', 'roots']);
+const PAYLOAD_FIELDS = new Set(['version', 'iat', 'iss', 'jwks', 'roots', 'audit_keys']);
 
 const fail = (code: ErrorCode, message: string, cause?: unknown): never => {
   throw new HsmintError(code, message, cause === undefined ? {} : { cause });
@@ -103,6 +106,7 @@ export async function createBundle(input: BundleInput): Promise<string> {
     ...(input.roots === undefined
       ? {}
       : { roots: input.roots.map((der) => der.toString('base64')) }),
+    ...(input.auditKeys === undefined ? {} : { audit_keys: await checkKeys(input.auditKeys) }),
   };
   const signingInput = `${encode(header)}.${encode(payload)}`;
   const signature = await signer.sign(Buffer.from(signingInput, 'ascii'));
@@ -309,7 +313,7 @@ async function parsePayload(bytes: Uint8Array): Promise<VerifiedBundle> {
   const fields = payload as Record<string, unknown>;
   const unknown = Object.keys(fields).find((name) => !PAYLOAD_FIELDS.has(name));
   if (unknown !== undefined) invalid(`the bundle payload has an unknown field ${unknown}`);
-  const { version, iat, iss, jwks, roots } = fields;
+  const { version, iat, iss, jwks, roots, audit_keys: auditKeys } = fields;
   if (!isVersion(version)) return invalid('the bundle version must be a positive integer');
   if (typeof iat !== 'number' || !Number.isSafeInteger(iat) || iat < 0)
     return invalid('the bundle iat must be a number of seconds');
@@ -320,6 +324,7 @@ async function parsePayload(bytes: Uint8Array): Promise<VerifiedBundle> {
     invalid('the bundle jwks may hold only keys');
   const keys = await checkKeys((jwks as Record<string, unknown>)['keys']);
   const bundle: VerifiedBundle = { version, issuer: iss, iat, jwks: { keys } };
+  if (auditKeys !== undefined) bundle.auditKeys = await checkKeys(auditKeys);
   if (roots !== undefined) {
     if (!Array.isArray(roots) || roots.length > MAX_CHAIN_LENGTH)
       invalid(`the bundle roots must be a list of at most ${MAX_CHAIN_LENGTH}`);

@@ -169,6 +169,29 @@ describe('the internal CA, online on the daemon token', () => {
       (await daemon.client.jwks()).keys.map((key) => key.kid),
     );
 
+    // The bundle also carries the audit keys: the log verifies across the gap from it alone.
+    const auditKeys = join(token.dir, 'bundle-audit-keys.json');
+    const withKeys = await hsmint([
+      'bundle',
+      'verify',
+      second,
+      '--root',
+      ca.certificate,
+      '--state',
+      join(token.dir, 'fresh-state.json'),
+      '--audit-keys-out',
+      auditKeys,
+    ]);
+    expect(withKeys.code, withKeys.stderr).toBe(0);
+    const audited = await hsmint([
+      'audit',
+      'verify',
+      join(token.dir, 'state', 'audit'),
+      '--keys',
+      auditKeys,
+    ]);
+    expect(audited.code, audited.stdout).toBe(0);
+
     const rollback = await hsmint([
       'bundle',
       'verify',
