@@ -245,6 +245,12 @@ export class KeyLifecycle {
       .sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
     for (const key of unknown) {
       const fromCrash = this.doc.pending?.label === key.label;
+      // A key whose generation a crash cut short may be on the token only in part: it must
+      // prove it can sign before it is trusted with anything. One that cannot never signed.
+      if (!(await this.canSign(key))) {
+        this.doc.destroying.push(key.kid);
+        continue;
+      }
       if (!this.find('next') && key.alg === this.schedule.algorithm) {
         this.doc.keys.push({
           kid: key.kid,
@@ -330,6 +336,15 @@ export class KeyLifecycle {
     return changed;
   }
 
+  private async canSign(key: KeyInfo): Promise<boolean> {
+    try {
+      await this.store.sign(key.kid, Buffer.from('hsmint key probe'));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Records the intent, generates on the token, records the key: a crash in between is found at start. */
   private async generate(state: KeyState): Promise<KeyRecord> {
     const now = this.now();
@@ -372,14 +387,19 @@ export class KeyLifecycle {
 
   private async finishDestroying(reason: 'retired' | 'revoked' | 'orphan'): Promise<void> {
     if (this.doc.destroying.length === 0) return;
+    const left: string[] = [];
     for (const kid of [...this.doc.destroying]) {
-      if (this.tokenKeys.has(kid)) {
+      if (!this.tokenKeys.has(kid)) continue;
+      try {
         await this.store.destroy(kid);
         this.tokenKeys.delete(kid);
         this.report({ event: 'key.destroy', kid, reason });
+      } catch {
+        // Kept for the next attempt: a key that cannot be destroyed now must not stop signing.
+        left.push(kid);
       }
     }
-    this.doc.destroying = [];
+    this.doc.destroying = left;
     await this.save();
   }
 }

@@ -12,7 +12,7 @@ import {
   type KeyStore,
   type PublicJwk,
 } from '../keys/keystore.js';
-import { ckrName, type Pkcs11Token } from './token.js';
+import { ckrCode, ckrName, type Pkcs11Token } from './token.js';
 
 /** Ed25519 mechanisms are PKCS#11 3.0; pkcs11js 2.1 does not name them yet. */
 const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
@@ -249,6 +249,24 @@ export class Pkcs11KeyStore implements KeyStore {
 
   async sign(kid: string, signingInput: Buffer): Promise<Buffer> {
     if (!this.loaded) await this.reload();
+    try {
+      return await this.signOnce(kid, signingInput);
+    } catch (cause) {
+      // Object handles can change under us (another application rewrote the token store,
+      // an HSM reconnected): find the key again and try once more before giving up.
+      const code = ckrCode(cause);
+      if (code !== pkcs11js.CKR_KEY_HANDLE_INVALID && code !== pkcs11js.CKR_OBJECT_HANDLE_INVALID)
+        throw this.signFailure(kid, cause);
+      await this.reload();
+      try {
+        return await this.signOnce(kid, signingInput);
+      } catch (again) {
+        throw this.signFailure(kid, again);
+      }
+    }
+  }
+
+  private async signOnce(kid: string, signingInput: Buffer): Promise<Buffer> {
     const key = this.keys.get(kid);
     if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
     const scheme = SCHEMES[key.info.alg];
@@ -256,20 +274,20 @@ export class Pkcs11KeyStore implements KeyStore {
       ? createHash(scheme.prehash).update(signingInput).digest()
       : signingInput;
     const lib = this.token.raw;
-    try {
-      return await this.token.withSession(async (session) => {
-        lib.C_SignInit(session, scheme.sign, key.privateKey);
-        // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
-        return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
-      });
-    } catch (cause) {
-      if (cause instanceof HsmintError) throw cause;
-      const ckr = ckrName(cause) ?? 'unknown error';
-      throw new HsmintError('ERR_HSM_UNAVAILABLE', `signing with ${kid} failed: ${ckr}`, {
-        cause,
-        details: { ckr },
-      });
-    }
+    return this.token.withSession(async (session) => {
+      lib.C_SignInit(session, scheme.sign, key.privateKey);
+      // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
+      return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
+    });
+  }
+
+  private signFailure(kid: string, cause: unknown): HsmintError {
+    if (cause instanceof HsmintError) return cause;
+    const ckr = ckrName(cause) ?? 'unknown error';
+    return new HsmintError('ERR_HSM_UNAVAILABLE', `signing with ${kid} failed: ${ckr}`, {
+      cause,
+      details: { ckr },
+    });
   }
 
   async destroy(kid: string): Promise<void> {
