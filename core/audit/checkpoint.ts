@@ -7,7 +7,8 @@
  * thousands of checkpoints, and WebCrypto's hop to the thread pool per call costs more than
  * the verification itself.
  */
-import { constants, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { verifyJwsSignature } from '../ca/signed.js';
 import type { Signer } from '../ca/signer.js';
 import { isAlgorithm, type Algorithm } from '../keys/algorithms.js';
 import type { PublicJwk } from '../keys/keystore.js';
@@ -105,27 +106,6 @@ function keyFits(alg: Algorithm, key: KeyObject): boolean {
   }
 }
 
-/** A JWS signature check for one of hsmint's five algorithms. */
-function verifyJws(alg: Algorithm, key: KeyObject, data: Buffer, signature: Buffer): boolean {
-  switch (alg) {
-    case 'ES256':
-      return verify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
-    case 'ES384':
-      return verify('sha384', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
-    case 'RS256':
-      return verify('sha256', data, { key, padding: constants.RSA_PKCS1_PADDING }, signature);
-    case 'PS256':
-      return verify(
-        'sha256',
-        data,
-        { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 },
-        signature,
-      );
-    case 'EdDSA':
-      return verify(null, data, key, signature);
-  }
-}
-
 export type CheckpointProblem = 'checkpoint-unknown-kid' | 'checkpoint-signature-invalid';
 
 /** Checks checkpoint signatures against the audit public keys, offline. */
@@ -191,7 +171,7 @@ export class CheckpointKeys {
     );
     let valid: boolean;
     try {
-      valid = verifyJws(entry.alg, entry.key, data, signature);
+      valid = verifyJwsSignature(entry.alg, entry.key, data, signature);
     } catch {
       valid = false;
     }

@@ -63,15 +63,23 @@ export function checkSignature(
 }
 
 function verifyAs(alg: Algorithm, key: KeyObject, data: Buffer, signature: Buffer): boolean {
+  // X.509 carries ECDSA signatures as DER; JWS as r||s.
+  const jws = alg === 'ES256' || alg === 'ES384' ? fromX509Signature(alg, signature) : signature;
+  return verifyJwsSignature(alg, key, data, jws);
+}
+
+/** A JWS-format signature check for one of hsmint's five algorithms, with node:crypto. */
+export function verifyJwsSignature(
+  alg: Algorithm,
+  key: KeyObject,
+  data: Buffer,
+  signature: Buffer,
+): boolean {
   switch (alg) {
     case 'ES256':
+      return verify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
     case 'ES384':
-      return verify(
-        alg === 'ES256' ? 'sha256' : 'sha384',
-        data,
-        { key, dsaEncoding: 'ieee-p1363' },
-        fromX509Signature(alg, signature),
-      );
+      return verify('sha384', data, { key, dsaEncoding: 'ieee-p1363' }, signature);
     case 'RS256':
       return verify('sha256', data, { key, padding: constants.RSA_PKCS1_PADDING }, signature);
     case 'PS256':
