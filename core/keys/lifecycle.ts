@@ -252,27 +252,11 @@ export class KeyLifecycle {
         continue;
       }
       if (!this.find('next') && key.alg === this.schedule.algorithm) {
-        this.doc.keys.push({
-          kid: key.kid,
-          alg: key.alg,
-          label: key.label,
-          state: 'next',
-          created: now,
-          activateAt: now + this.schedule.publishAhead,
-        });
-        this.report({ event: 'key.adopt', kid: key.kid, state: 'next' });
+        this.adopt(key, { state: 'next', activateAt: now + this.schedule.publishAhead });
       } else if (fromCrash) {
         this.doc.destroying.push(key.kid); // never recorded, so never signed
       } else {
-        this.doc.keys.push({
-          kid: key.kid,
-          alg: key.alg,
-          label: key.label,
-          state: 'retiring',
-          created: now,
-          retireAt: now + this.schedule.retireAfter,
-        });
-        this.report({ event: 'key.adopt', kid: key.kid, state: 'retiring' });
+        this.adopt(key, { state: 'retiring', retireAt: now + this.schedule.retireAfter });
       }
     }
     delete this.doc.pending;
@@ -334,6 +318,18 @@ export class KeyLifecycle {
       await this.finishDestroying('retired');
     }
     return changed;
+  }
+
+  /** Records a key found on the token but not in the state. */
+  private adopt(key: KeyInfo, place: Pick<KeyRecord, 'state' | 'activateAt' | 'retireAt'>): void {
+    this.doc.keys.push({
+      kid: key.kid,
+      alg: key.alg,
+      label: key.label,
+      created: this.now(),
+      ...place,
+    });
+    this.report({ event: 'key.adopt', kid: key.kid, state: place.state });
   }
 
   private async canSign(key: KeyInfo): Promise<boolean> {
