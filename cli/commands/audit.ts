@@ -7,7 +7,7 @@ import { parseDuration } from '../../core/duration.js';
 import { HsmintError } from '../../core/errors.js';
 import type { PublicJwk } from '../../core/keys/keystore.js';
 import { run, withClient, type CliContext } from '../context.js';
-import { EXIT, printJson, printTable, wantsJson } from '../output.js';
+import { EXIT, printJson, wantsJson } from '../output.js';
 
 /** The audit folder: the argument, else audit.dir of the config. */
 function auditDir(argument: string | undefined, configFile: string | undefined): string {
@@ -123,10 +123,15 @@ export function auditCommand(context: CliContext): Command {
           else {
             const { seq, ts, event, prev: _prev, ...rest } = record;
             context.io.stdout.write(
-              `${String(seq).padStart(7)}  ${String(ts)}  ${String(event).padEnd(16)}  ${JSON.stringify(rest)}\n`,
+              `${String(seq).padStart(7)}  ${String(ts).padEnd(24)}  ${String(event).padEnd(16)}  ${JSON.stringify(rest)}\n`,
             );
           }
         };
+        // For people: one header, in the same columns as the rows below it.
+        if (!json)
+          context.io.stdout.write(
+            `${'SEQ'.padStart(7)}  ${'TIME'.padEnd(24)}  ${'EVENT'.padEnd(16)}  FIELDS\n`,
+          );
         for await (const record of readAuditRecords(folder, filter)) {
           if (options['follow'] === true) print(record as Record<string, unknown>);
           else {
@@ -134,8 +139,6 @@ export function auditCommand(context: CliContext): Command {
             if (rows.length > limit) rows.shift();
           }
         }
-        if (!json && rows.length > 0 && options['follow'] !== true)
-          printTable(context.io, ['SEQ', 'TIME', 'EVENT'], []);
         for (const record of rows) print(record);
         return EXIT.ok;
       }),
