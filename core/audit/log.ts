@@ -19,9 +19,8 @@ import {
   MAX_RECORD_BYTES,
   assertAuditEvent,
   hashLine,
-  serializeRecord,
+  serializeChained,
   type AuditEvent,
-  type AuditRecord,
 } from './record.js';
 import { errnoOf, listSegments, segmentName } from './segments.js';
 
@@ -401,8 +400,7 @@ export class AuditLog {
     const acks: Array<{ entry: Pending; seq: number }> = [];
 
     const add = (event: AuditEvent, ts: string): number | undefined => {
-      const record: AuditRecord = { ...event, seq: seq + 1, ts, prev: hash };
-      const line = Buffer.from(serializeRecord(record));
+      const line = Buffer.from(serializeChained(event, seq + 1, ts, hash));
       if (line.length > MAX_RECORD_BYTES) return undefined;
       chunk.lines.push(line);
       chunkSize += line.length + 1;
@@ -559,8 +557,7 @@ export class AuditLog {
         };
       }
       const data = Buffer.concat(chunk.lines.flatMap((line) => [line, NEWLINE]));
-      await this.file.handle.write(data, chunk.start);
-      await this.file.handle.datasync();
+      await this.file.handle.writeDurably(data, chunk.start);
     }
   }
 

@@ -69,7 +69,12 @@ export class FaultyIo implements AuditIo {
     this.check();
     if (this.failOpenOf && path.endsWith(this.failOpenOf.name)) throw errno(this.failOpenOf.errno);
     const file = await nodeAuditIo.openFile(path);
-    return {
+    const faulty: AuditFile = {
+      // Counted as the write and the sync it stands for, so group commit shows in datasyncs.
+      writeDurably: async (data, position) => {
+        await faulty.write(data, position);
+        await faulty.datasync();
+      },
       write: async (data, position) => {
         this.counts.writes += 1;
         if (this.partialWrite) {
@@ -94,6 +99,7 @@ export class FaultyIo implements AuditIo {
       size: () => file.size(),
       close: () => file.close(),
     };
+    return faulty;
   }
 
   async unlink(path: string): Promise<void> {
