@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../core/config.js';
 import { HsmintError } from '../core/errors.js';
-import { mintToken } from '../core/jwt/mint.js';
+import { prepareToken, signToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import { join } from 'node:path';
 import type { AuditEvent } from '../core/audit/record.js';
@@ -401,58 +401,71 @@ export class Authority {
         rule: grant.rule,
       },
     };
-    try {
-      const signingKey = this.lifecycle.signingKey();
-      const chain = tokens.embedX5c ? this.certifier?.chainOf(signingKey.kid) : undefined;
-      const minted = await mintToken(this.store, signingKey, {
-        ...(chain ? { x5c: chain.map((der) => der.toString('base64')) } : {}),
-        issuer,
-        audience: request.aud,
-        subject,
-        minter,
-        ...(request.scope === undefined ? {} : { scope: request.scope }),
-        ...(request.claims === undefined ? {} : { claims: request.claims }),
-        ttlSeconds,
-        now: this.now(),
-      });
-      this.tokenFault = undefined;
-      // Durable before the answer: the caller gets the token only once its record is on disk.
-      await this.audit?.append({
+    const signingKey = this.lifecycle.signingKey();
+    const chain = tokens.embedX5c ? this.certifier?.chainOf(signingKey.kid) : undefined;
+    const prepared = prepareToken(signingKey, {
+      ...(chain ? { x5c: chain.map((der) => der.toString('base64')) } : {}),
+      issuer,
+      audience: request.aud,
+      subject,
+      minter,
+      ...(request.scope === undefined ? {} : { scope: request.scope }),
+      ...(request.claims === undefined ? {} : { claims: request.claims }),
+      ttlSeconds,
+      now: this.now(),
+    });
+    // The record holds nothing the signature adds, so it is written while the token signs:
+    // a mint costs the longer of the two, not their sum. The caller still gets the token only
+    // once both are done, so no token is ever answered without its record on disk.
+    const [signed, recorded] = await Promise.allSettled([
+      signToken(this.store, prepared),
+      this.audit?.append({
         event: 'mint',
-        jti: minted.jti,
-        kid: minted.kid,
+        jti: prepared.jti,
+        kid: prepared.kid,
         sub: subject,
         aud: request.aud,
         ...(request.scope === undefined ? {} : { scope: request.scope }),
-        exp: minted.exp,
+        exp: prepared.exp,
         rule: grant.rule,
         ...callerFields(caller),
-      });
-      this.flushUnrecorded();
-      return {
-        token: minted.token,
-        sub: subject,
-        jti: minted.jti,
-        kid: minted.kid,
-        alg: minted.alg,
-        iat: minted.iat,
-        exp: minted.exp,
-      };
-    } catch (error) {
-      if (error instanceof HsmintError && error.code === 'ERR_AUDIT_UNAVAILABLE') throw error;
-      const tokenFailed = !(error instanceof HsmintError) || error.code === 'ERR_HSM_UNAVAILABLE';
-      if (!tokenFailed) throw error;
-      const ckr = error instanceof HsmintError ? error.details?.['ckr'] : undefined;
-      this.tokenFault = `signing failed${typeof ckr === 'string' ? `: ${ckr}` : ''}`;
-      // The CKR detail goes to the log; the client only learns that the token failed.
-      this.logger.error(
-        { event: 'token.error', kid: this.activeKey.kid, ckr, err: error },
-        'signing on the token failed',
-      );
-      throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign; see the daemon log', {
-        cause: error,
-      });
+      }),
+    ]);
+    if (signed.status === 'rejected') {
+      // A record may now name a token that was never made: the abort record says so.
+      if (recorded.status === 'fulfilled' && this.audit)
+        this.record({ event: 'mint.abort', jti: prepared.jti, kid: prepared.kid });
+      throw this.signingFailed(signed.reason);
     }
+    this.tokenFault = undefined;
+    if (recorded.status === 'rejected') throw recorded.reason;
+    this.flushUnrecorded();
+    const minted = signed.value;
+    return {
+      token: minted.token,
+      sub: subject,
+      jti: minted.jti,
+      kid: minted.kid,
+      alg: minted.alg,
+      iat: minted.iat,
+      exp: minted.exp,
+    };
+  }
+
+  /** A failed signature: the token's fault unless it says otherwise; the client learns only that. */
+  private signingFailed(error: unknown): unknown {
+    const tokenFailed = !(error instanceof HsmintError) || error.code === 'ERR_HSM_UNAVAILABLE';
+    if (!tokenFailed) return error;
+    const ckr = error instanceof HsmintError ? error.details?.['ckr'] : undefined;
+    this.tokenFault = `signing failed${typeof ckr === 'string' ? `: ${ckr}` : ''}`;
+    // The CKR detail goes to the log.
+    this.logger.error(
+      { event: 'token.error', kid: this.activeKey.kid, ckr, err: error },
+      'signing on the token failed',
+    );
+    return new HsmintError('ERR_HSM_UNAVAILABLE', 'the token could not sign; see the daemon log', {
+      cause: error,
+    });
   }
 
   async verify(request: VerifyRequest, caller?: Caller): Promise<VerifyResult> {

@@ -30,15 +30,22 @@ export interface MintedToken {
 
 const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
 
+/** A token whose claims are fixed and whose signing input is built, not yet signed. */
+export interface PreparedToken {
+  signingInput: string;
+  jti: string;
+  kid: string;
+  alg: Algorithm;
+  iat: number;
+  exp: number;
+}
+
 /**
- * Builds the JWS signing input here and has the token sign it: the private key never leaves
- * the token, and the daemon alone decides the header, `iss`, `iat`, `nbf`, `exp` and `jti`.
+ * Builds the JWS signing input here, before the token signs it: the daemon alone decides the
+ * header, `iss`, `iat`, `nbf`, `exp` and `jti`, and it knows them all (for the audit record)
+ * before the signature exists.
  */
-export async function mintToken(
-  store: KeyStore,
-  key: KeyInfo,
-  input: MintInput,
-): Promise<MintedToken> {
+export function prepareToken(key: KeyInfo, input: MintInput): PreparedToken {
   const iat = Math.floor(input.now.getTime() / 1000);
   const exp = iat + input.ttlSeconds;
   const jti = randomBytes(16).toString('base64url');
@@ -65,14 +72,28 @@ export async function mintToken(
     ...(input.minter === undefined ? {} : { azp: input.minter.azp, hsmint: input.minter.hsmint }),
     ...extra,
   };
-  const signingInput = `${encode(header)}.${encode(payload)}`;
-  const signature = await store.sign(key.kid, Buffer.from(signingInput, 'ascii'));
   return {
-    token: `${signingInput}.${signature.toString('base64url')}`,
+    signingInput: `${encode(header)}.${encode(payload)}`,
     jti,
     kid: key.kid,
     alg: key.alg,
     iat,
     exp,
   };
+}
+
+/** Has the token sign a prepared token; the private key never leaves the token. */
+export async function signToken(store: KeyStore, prepared: PreparedToken): Promise<MintedToken> {
+  const { signingInput, ...claims } = prepared;
+  const signature = await store.sign(prepared.kid, Buffer.from(signingInput, 'ascii'));
+  return { token: `${signingInput}.${signature.toString('base64url')}`, ...claims };
+}
+
+/** prepareToken then signToken. */
+export async function mintToken(
+  store: KeyStore,
+  key: KeyInfo,
+  input: MintInput,
+): Promise<MintedToken> {
+  return signToken(store, prepareToken(key, input));
 }
