@@ -40,7 +40,7 @@ export async function openKeyStore(config: Config): Promise<{
     (mechanism) => !offered.has(mechanism),
   );
   if (missing.length > 0) {
-    token.close();
+    await token.close();
     throw new HsmintError(
       'ERR_ALG_UNSUPPORTED',
       `token ${token.info.label} lacks mechanism(s) ${missing.map((m) => `0x${m.toString(16)}`).join(', ')} for ${config.keys.algorithm}`,

@@ -273,12 +273,9 @@ export class Pkcs11KeyStore implements KeyStore {
     const data = scheme.prehash
       ? createHash(scheme.prehash).update(signingInput).digest()
       : signingInput;
-    const lib = this.token.raw;
-    return this.token.withSession(async (session) => {
-      lib.C_SignInit(session, scheme.sign, key.privateKey);
-      // C_SignAsync runs on libuv's pool: the event loop never waits on the token.
-      return lib.C_SignAsync(session, data, Buffer.allocUnsafe(key.signatureLength));
-    });
+    return this.token.withSession((session) =>
+      this.token.sign(session, scheme.sign, key.privateKey, data, key.signatureLength),
+    );
   }
 
   private signFailure(kid: string, cause: unknown): HsmintError {
@@ -306,7 +303,7 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async close(): Promise<void> {
-    this.token.close();
+    await this.token.close();
   }
 
   /** The private key's protection attributes, read for tests and `doctor`; never its value. */

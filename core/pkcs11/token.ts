@@ -1,6 +1,8 @@
 import * as graphene from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
+import { availableParallelism } from 'node:os';
 import { HsmintError } from '../errors.js';
+import { SignPool } from './sign-pool.js';
 import { matchesToken, trimPadded, type TokenSelector } from './uri.js';
 
 export type SessionHandle = Buffer;
@@ -129,6 +131,7 @@ export class Pkcs11Token {
     reject: (error: Error) => void;
   }> = [];
   private readonly lib: pkcs11js.PKCS11;
+  private readonly signer: SignPool;
   private closed = false;
   /** Sessions that exist, idle or busy; the pool refills up to `size` after a loss. */
   private total = 0;
@@ -139,8 +142,11 @@ export class Pkcs11Token {
     /** Logged in; used for object search, generation and attribute reads. */
     readonly anchor: graphene.Session,
     private readonly size: number,
+    modulePath: string,
   ) {
     this.lib = module.lib;
+    // No more threads than sessions: a token that takes one operation at a time gets one.
+    this.signer = new SignPool(modulePath, Math.min(size, availableParallelism()));
     this.info = tokenInfoOf(slot);
     for (let i = 0; i < size; i++) this.idle.push(this.openSession());
   }
@@ -175,16 +181,17 @@ export class Pkcs11Token {
           });
         }
       }
-      return new Pkcs11Token(module, slot, anchor, Math.max(1, options.sessions));
+      return new Pkcs11Token(
+        module,
+        slot,
+        anchor,
+        Math.max(1, options.sessions),
+        options.modulePath,
+      );
     } catch (error) {
       finalizeQuietly(module);
       throw error;
     }
-  }
-
-  /** The raw binding, for the hot path (async signing) in this folder only. */
-  get raw(): pkcs11js.PKCS11 {
-    return this.lib;
   }
 
   mechanisms(): Set<number> {
@@ -217,9 +224,25 @@ export class Pkcs11Token {
     }
   }
 
-  close(): void {
+  /**
+   * C_SignInit + C_Sign on a pool session, off the main thread (see sign-pool.ts). Call it
+   * inside withSession.
+   */
+  sign(
+    session: SessionHandle,
+    mechanism: pkcs11js.Mechanism,
+    key: Buffer,
+    data: Buffer,
+    length: number,
+  ): Promise<Buffer> {
+    return this.signer.sign(session, mechanism, key, data, length);
+  }
+
+  /** Waits for signatures in flight, then logs out and finalizes the module. */
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.signer.close();
     for (const session of this.idle.splice(0)) closeQuietly(() => this.lib.C_CloseSession(session));
     const error = new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
     for (const waiter of this.waiters.splice(0)) waiter.reject(error);
