@@ -1,133 +1,166 @@
 #!/usr/bin/env node
 // `npm run bench`: measurements as ratios side by side in one run, never as timed test
-// assertions. This first part measures what the audit log costs a mint: the same authority,
-// on the same SoftHSM token, with the audit log on (group commit + fdatasync on disk) and off,
-// at concurrency 16, alternating rounds so that machine noise hits both alike.
-import { mkdtempSync, rmSync } from 'node:fs';
+// assertions (these machines are shared and noisy).
+//
+// This part measures what the audit log costs a mint, the way callers see it: the real
+// hsmintd (audit on: group commit, every record on disk before its answer) against the same
+// classes wired without the log (scripts/bench/unaudited-server.mjs), each on its own fresh
+// SoftHSM token, over their Unix sockets, at concurrency 16 and 64, in alternating rounds so
+// that machine noise hits both alike. Both log at the configured level to a file.
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
+import { Pool } from 'undici';
+import { runLoad } from './bench/load.mjs';
 
 const root = join(import.meta.dirname, '..');
-const dist = (path) => import(join(root, 'dist', path));
 const { values } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' } } });
 const seconds = values.quick ? 3 : 10;
-const rounds = values.quick ? 2 : 4;
-const concurrency = 16;
+const rounds = values.quick ? 2 : 3;
+const concurrencies = values.quick ? [16] : [16, 64];
 
-const { loadConfig } = await dist('core/config.js');
-const { openKeyStore } = await dist('core/open.js');
-const { Authority } = await dist('daemon/authority.js');
-const { AuditLog } = await dist('core/audit/log.js');
-const { signerFor } = await dist('core/ca/signer.js');
-
-const dir = mkdtempSync(join(tmpdir(), 'hsmint-bench-'));
-try {
+/** A fresh token and config from `hsmint softhsm init`, with room for 64 callers of one uid. */
+function makeToken(name) {
+  const dir = mkdtempSync(join(tmpdir(), `hsmint-bench-${name}-`));
   execFileSync(
     process.execPath,
-    [
-      join(root, 'dist/cli/main.js'),
-      'softhsm',
-      'init',
-      '--dir',
-      dir,
-      '--audience',
-      'api',
-      '--json',
-    ],
+    [join(root, 'dist/cli/main.js'), 'softhsm', 'init', '--dir', dir, '--audience', 'api'],
     { stdio: 'pipe' },
   );
-  const config = loadConfig(join(dir, 'hsmint.yaml'));
-  const { store, auditStore, token } = await openKeyStore(config);
-  const auditKey = await auditStore.generate(config.keys.algorithm);
-  const audit = await AuditLog.open({
-    dir: join(dir, 'audit'),
-    signer: signerFor(auditStore, auditKey),
-    checkpointEvery: {
-      records: config.audit.checkpointEvery,
-      seconds: config.audit.checkpointInterval,
-    },
-    segmentBytes: config.audit.segmentSize,
+  const config = join(dir, 'hsmint.yaml');
+  const text = readFileSync(config, 'utf8');
+  const limits = '  max_connections_per_uid: 256\n  max_requests_per_uid: 256\n';
+  if (!text.includes('  mode: "0600"\n')) throw new Error('unexpected config from softhsm init');
+  writeFileSync(config, text.replace('  mode: "0600"\n', `  mode: "0600"\n${limits}`));
+  return { dir, config, socket: join(dir, 'hsmint.sock') };
+}
+
+async function healthy(socketPath) {
+  const pool = new Pool('http://localhost', { socketPath });
+  try {
+    const response = await pool.request({ method: 'GET', path: '/v1/health' });
+    return JSON.parse(await response.body.text()).status === 'ok';
+  } catch {
+    return false;
+  } finally {
+    await pool.close();
+  }
+}
+
+async function startServer(name, token, args) {
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', openSync(join(token.dir, `${name}.log`), 'w'), 'inherit'],
   });
-  const logger = pino({ level: 'silent' });
-  const caller = {
-    pid: process.pid,
-    uid: process.getuid(),
-    gid: process.getgid(),
-    user: 'root',
-    group: 'root',
-    groups: ['root'],
-    verified: true,
-  };
-  const withAudit = await Authority.create({ config, store, token, logger, audit });
-  const withoutAudit = await Authority.create({ config, store, token, logger });
+  let exited;
+  child.once('exit', (code) => (exited = code));
+  for (let waited = 0; waited < 15_000; waited += 100) {
+    if (exited !== undefined) throw new Error(`${name} exited with ${exited}; see its log`);
+    if (await healthy(token.socket)) return child;
+    await sleep(100);
+  }
+  child.kill('SIGKILL');
+  throw new Error(`${name} did not become healthy within 15 s`);
+}
 
-  async function measure(authority) {
-    const latencies = [];
-    const end = performance.now() + seconds * 1000;
-    let errors = 0;
-    await Promise.all(
-      Array.from({ length: concurrency }, async () => {
-        while (performance.now() < end) {
-          const started = performance.now();
-          try {
-            await authority.mint({ aud: 'api' }, caller, authority.settings);
-            latencies.push(performance.now() - started);
-          } catch {
-            errors++;
-          }
-        }
-      }),
+/** CPU seconds (user + system, all threads) and resident memory of a process, from /proc. */
+function usage(pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+  return { cpu_s: ticks / 100, rss_mb: rss / 1024 };
+}
+
+const mintRequest = () => ({ method: 'POST', path: '/v1/tokens', body: '{"aud":"api"}' });
+
+async function measure(server, socketPath, concurrency) {
+  const before = usage(server.pid);
+  const started = performance.now();
+  const result = await runLoad({ socketPath, request: mintRequest, concurrency, seconds });
+  const elapsed = (performance.now() - started) / 1000;
+  const after = usage(server.pid);
+  return {
+    ...result,
+    server_cpu_percent: (100 * (after.cpu_s - before.cpu_s)) / elapsed,
+    server_rss_mb: after.rss_mb,
+  };
+}
+
+const mean = (list, key) => list.reduce((sum, item) => sum + item[key], 0) / list.length;
+
+const tokens = { on: makeToken('on'), off: makeToken('off') };
+const servers = {};
+try {
+  servers.on = await startServer('hsmintd', tokens.on, [
+    join(root, 'dist/daemon/main.js'),
+    '--config',
+    tokens.on.config,
+  ]);
+  servers.off = await startServer('unaudited', tokens.off, [
+    join(root, 'scripts/bench/unaudited-server.mjs'),
+    tokens.off.config,
+  ]);
+  const results = [];
+  const ratios = {};
+  const lines = [
+    `mint over the Unix socket, ES256, ${rounds} alternating rounds of ${seconds} s per concurrency`,
+  ];
+  for (const concurrency of concurrencies) {
+    // Warm-up: JIT, sessions, keep-alive connections.
+    for (const side of ['off', 'on'])
+      await runLoad({
+        socketPath: tokens[side].socket,
+        request: mintRequest,
+        concurrency,
+        seconds: 1,
+      });
+    const rows = { on: [], off: [] };
+    for (let round = 0; round < rounds; round++)
+      for (const side of ['off', 'on'])
+        rows[side].push(await measure(servers[side], tokens[side].socket, concurrency));
+    for (const side of ['off', 'on']) {
+      const list = rows[side];
+      const entry = {
+        name: `mint audit ${side}`,
+        alg: 'ES256',
+        concurrency,
+        ops_per_s: mean(list, 'ops_per_s'),
+        p50_ms: mean(list, 'p50_ms'),
+        p99_ms: mean(list, 'p99_ms'),
+        max_ms: Math.max(...list.map((item) => item.max_ms)),
+        errors: list.reduce((sum, item) => sum + item.errors, 0),
+        first_error: list.find((item) => item.first_error)?.first_error,
+        server_cpu_percent: mean(list, 'server_cpu_percent'),
+        server_rss_mb: Math.max(...list.map((item) => item.server_rss_mb)),
+        rounds: list.map((item) => Math.round(item.ops_per_s)),
+      };
+      results.push(entry);
+      lines.push(
+        `c${String(concurrency).padEnd(3)} audit ${side.padEnd(3)} ${entry.ops_per_s.toFixed(0).padStart(6)} mints/s   p50 ${entry.p50_ms.toFixed(2)} ms   p99 ${entry.p99_ms.toFixed(2)} ms   max ${entry.max_ms.toFixed(1)} ms   cpu ${entry.server_cpu_percent.toFixed(0)}%   rss ${entry.server_rss_mb.toFixed(0)} MB   errors ${entry.errors}   rounds ${entry.rounds.join(' ')}`,
+      );
+    }
+    const ratio = mean(rows.on, 'ops_per_s') / mean(rows.off, 'ops_per_s');
+    ratios[`audit_on_vs_off_c${concurrency}`] = ratio;
+    lines.push(`c${concurrency} audit on / off: ${(ratio * 100).toFixed(1)}%`);
+  }
+  process.stdout.write(`${lines.join('\n')}\n`);
+  const errors = results.reduce((sum, entry) => sum + entry.errors, 0);
+  if (values.out)
+    await writeFile(
+      values.out,
+      `${JSON.stringify({ date: new Date().toISOString(), seconds, rounds, ratios, results }, null, 2)}\n`,
     );
-    latencies.sort((a, b) => a - b);
-    const at = (q) =>
-      latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
-    return { ops_per_s: latencies.length / seconds, p50_ms: at(0.5), p99_ms: at(0.99), errors };
+  if (errors > 0) {
+    process.stderr.write(
+      `bench: ${errors} requests failed; first: ${results.find((entry) => entry.first_error)?.first_error}\n`,
+    );
+    process.exitCode = 1;
   }
-
-  await measure(withoutAudit); // warm-up
-  const results = { on: [], off: [] };
-  for (let round = 0; round < rounds; round++) {
-    results.off.push(await measure(withoutAudit));
-    results.on.push(await measure(withAudit));
-  }
-  const mean = (list, key) => list.reduce((sum, item) => sum + item[key], 0) / list.length;
-  const summary = {
-    alg: config.keys.algorithm,
-    concurrency,
-    seconds_per_round: seconds,
-    rounds,
-    audit_off: {
-      ops_per_s: mean(results.off, 'ops_per_s'),
-      p50_ms: mean(results.off, 'p50_ms'),
-      p99_ms: mean(results.off, 'p99_ms'),
-      errors: mean(results.off, 'errors'),
-    },
-    audit_on: {
-      ops_per_s: mean(results.on, 'ops_per_s'),
-      p50_ms: mean(results.on, 'p50_ms'),
-      p99_ms: mean(results.on, 'p99_ms'),
-      errors: mean(results.on, 'errors'),
-    },
-  };
-  summary.ratios = { audit_on_vs_off: summary.audit_on.ops_per_s / summary.audit_off.ops_per_s };
-  const row = (name, r) =>
-    `${name.padEnd(12)} ${r.ops_per_s.toFixed(0).padStart(8)} ops/s   p50 ${r.p50_ms.toFixed(2)} ms   p99 ${r.p99_ms.toFixed(2)} ms   errors ${r.errors}`;
-  process.stdout.write(
-    [
-      `mint in-process on SoftHSM, ${summary.alg}, concurrency ${concurrency}, ${rounds} alternating rounds of ${seconds} s`,
-      row('audit off', summary.audit_off),
-      row('audit on', summary.audit_on),
-      `audit on / off: ${(summary.ratios.audit_on_vs_off * 100).toFixed(1)}%`,
-      '',
-    ].join('\n'),
-  );
-  if (values.out) await writeFile(values.out, `${JSON.stringify(summary, null, 2)}\n`);
-  await audit.close();
-  await store.close();
 } finally {
-  rmSync(dir, { recursive: true, force: true });
+  for (const server of Object.values(servers)) server.kill('SIGTERM');
+  await sleep(1500);
+  for (const token of Object.values(tokens)) rmSync(token.dir, { recursive: true, force: true });
 }
