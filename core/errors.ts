@@ -160,6 +160,10 @@ export const ERROR_CODES = {
     meaning: 'The algorithm is not one hsmint signs with, or the token lacks its mechanism.',
   },
   ERR_KEY_NOT_FOUND: { status: 404, meaning: 'No such hsmint key, or no usable key on the token.' },
+  ERR_SOCKET_ACTIVATION: {
+    status: null,
+    meaning: 'systemd passed listening sockets the daemon cannot use.',
+  },
   ERR_SOCKET_IN_USE: { status: null, meaning: 'Another process is listening on the socket path.' },
   ERR_SOCKET_PATH_INVALID: {
     status: null,
