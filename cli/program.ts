@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { jwksCommand } from './commands/jwks.js';
 import { keysCommand } from './commands/keys.js';
+import { metricsCommand } from './commands/metrics.js';
 import { mintCommand } from './commands/mint.js';
 import { softhsmCommand } from './commands/softhsm.js';
 import { statusCommand } from './commands/status.js';
@@ -34,6 +35,7 @@ export function createProgram(context: CliContext): Command {
     verifyCommand,
     jwksCommand,
     statusCommand,
+    metricsCommand,
     whoamiCommand,
     reloadCommand,
     keysCommand,

@@ -458,6 +458,7 @@ const RULE_KEYS = [
   'claims',
   'max_ttl',
   'admin',
+  'metrics',
 ] as const;
 const isText = (value: unknown): value is string =>
   typeof value === 'string' && value !== '' && value.length <= 256;
@@ -547,6 +548,8 @@ function parsePolicy(read: ConfigReader, maxTtl: number): Policy {
       read.fail([...at, 'max_ttl'], 'must not be longer than tokens.max_ttl');
     const admin = read.value([...at, 'admin']) ?? false;
     if (typeof admin !== 'boolean') read.fail([...at, 'admin'], 'expected true or false');
+    const metrics = read.value([...at, 'metrics']) ?? false;
+    if (typeof metrics !== 'boolean') read.fail([...at, 'metrics'], 'expected true or false');
 
     return {
       name,
@@ -557,6 +560,7 @@ function parsePolicy(read: ConfigReader, maxTtl: number): Policy {
       claims,
       maxTtl: ruleMaxTtl,
       admin,
+      metrics,
     };
   });
   return { rules };

@@ -70,6 +70,8 @@ export interface WhoamiResponse {
     claims: Record<string, ClaimValue[] | null>;
     max_ttl: number;
     admin: boolean;
+    /** May read GET /v1/metrics (admins may too). */
+    metrics: boolean;
   } | null;
 }
 

@@ -27,6 +27,7 @@ import type {
   VerifyRequest,
   WhoamiResponse,
 } from '../core/protocol.js';
+import { DaemonMetrics, secondsSince } from './metrics.js';
 
 export interface AuthorityOptions {
   config: Config;
@@ -46,6 +47,11 @@ export interface AuthorityOptions {
     revocations: DocumentStore<RevocationDocument>;
     bundle?: DocumentStore<{ version: number }>;
   };
+  /**
+   * The daemon's metrics, which the authority feeds (signing times, key states, health, token
+   * sessions). When absent, a registry of its own without process metrics: tests build many.
+   */
+  metrics?: DaemonMetrics;
 }
 
 /** What the authority needs of the audit log (core/audit/log.ts's AuditLog fits). */
@@ -125,6 +131,7 @@ export class Authority {
   private readonly certifier: KeyCertifier | undefined;
   private readonly audit: AuditSink | undefined;
   readonly auditKeys: PublicJwk[];
+  readonly metrics: DaemonMetrics;
   /** Records that could not be written while the log was down (verify failures, denials). */
   private unrecorded = 0;
   private readonly bundleVersion: DocumentStore<{ version: number }>;
@@ -144,6 +151,13 @@ export class Authority {
     this.now = options.now ?? (() => new Date());
     this.startedAt = this.now().getTime();
     const seconds = () => Math.floor(this.now().getTime() / 1000);
+    this.metrics = options.metrics ?? new DaemonMetrics({ processMetrics: false });
+    this.metrics.track({
+      health: () => this.health(),
+      keyRecords: () => this.lifecycle.records(),
+      ...(options.store.sessions ? { sessions: options.store.sessions.bind(options.store) } : {}),
+      nowSeconds: seconds,
+    });
     const state = options.state ?? {
       keys: new MemoryDocument(),
       revocations: new MemoryDocument(),
@@ -360,6 +374,7 @@ export class Authority {
             claims: grant.claims,
             max_ttl: grant.maxTtl,
             admin: grant.admin,
+            metrics: grant.metrics,
           }
         : null,
     };
@@ -418,7 +433,7 @@ export class Authority {
     // a mint costs the longer of the two, not their sum. The caller still gets the token only
     // once both are done, so no token is ever answered without its record on disk.
     const [signed, recorded] = await Promise.allSettled([
-      signToken(this.store, prepared),
+      this.timed(signingKey.alg, () => signToken(this.store, prepared)),
       this.audit?.append({
         event: 'mint',
         jti: prepared.jti,
@@ -450,6 +465,19 @@ export class Authority {
       iat: minted.iat,
       exp: minted.exp,
     };
+  }
+
+  /** Observes how long a signature on the token took, queueing for a session included. */
+  private async timed<T>(alg: string, sign: () => Promise<T>): Promise<T> {
+    const started = process.hrtime.bigint();
+    try {
+      const result = await sign();
+      this.metrics.signature(alg, 'ok', secondsSince(started));
+      return result;
+    } catch (error) {
+      this.metrics.signature(alg, 'error', secondsSince(started));
+      throw error;
+    }
   }
 
   /** A failed signature: the token's fault unless it says otherwise; the client learns only that. */
@@ -524,6 +552,31 @@ export class Authority {
 
   jwks(): JwksResponse {
     return { keys: this.lifecycle.publishedKeys().map((jwk) => this.withChain(jwk)) };
+  }
+
+  /** Resolves when the token answers, rejects after `timeoutMs` (the watchdog's probe). */
+  async probe(timeoutMs: number): Promise<void> {
+    if (!this.store.probe) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.store.probe(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new HsmintError(
+                  'ERR_HSM_UNAVAILABLE',
+                  `the token did not answer within ${timeoutMs} ms`,
+                ),
+              ),
+            timeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   health(): HealthResponse {

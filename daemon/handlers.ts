@@ -7,10 +7,14 @@ import {
   parseRevokeTokenRequest,
   parseVerifyRequest,
   type KeyView,
+  type MintRequest,
+  type MintResponse,
   type ReloadResponse,
 } from '../core/protocol.js';
+import type { VerifyResult } from '../core/jwt/verify.js';
 import type { Authority } from './authority.js';
-import type { RequestContext, Route } from './server.js';
+import { answeredCode, METRICS_CONTENT_TYPE } from './metrics.js';
+import { PlainText, type RequestContext, type Route } from './server.js';
 
 /** The routes of /v1: pure `(body, context) -> reply` functions over the authority. */
 const NO_STORE = { 'cache-control': 'no-store' };
@@ -44,8 +48,16 @@ export function createRoutes(
       path: '/v1/tokens',
       body: true,
       async handle(body, context) {
-        const request = parseMintRequest(body);
-        const minted = await authority.mint(request, context.caller, context.config);
+        let request: MintRequest;
+        let minted: MintResponse;
+        try {
+          request = parseMintRequest(body);
+          minted = await authority.mint(request, context.caller, context.config);
+        } catch (error) {
+          authority.metrics.mint('error', answeredCode(error));
+          throw error;
+        }
+        authority.metrics.mint('ok');
         context.log = {
           jti: minted.jti,
           kid: minted.kid,
@@ -62,10 +74,20 @@ export function createRoutes(
       path: '/v1/tokens/verify',
       body: true,
       async handle(body, context) {
-        const result = await authority.verify(parseVerifyRequest(body), context.caller);
-        if (result.valid)
+        let result: VerifyResult;
+        try {
+          result = await authority.verify(parseVerifyRequest(body), context.caller);
+        } catch (error) {
+          authority.metrics.verify('error', answeredCode(error));
+          throw error;
+        }
+        if (result.valid) {
+          authority.metrics.verify('valid');
           context.log = { valid: true, jti: result.claims.jti, kid: result.header.kid };
-        else context.log = { valid: false, code: result.error.code };
+        } else {
+          authority.metrics.verify('invalid', result.error.code);
+          context.log = { valid: false, code: result.error.code };
+        }
         return { status: 200, body: result, headers: { 'cache-control': 'no-store' } };
       },
     },
@@ -234,6 +256,21 @@ export function createRoutes(
         });
         context.log = { jti, until: revoked.until };
         return { status: 200, body: { revoked: jti, until: revoked.until }, headers: NO_STORE };
+      },
+    },
+    {
+      method: 'GET',
+      path: '/v1/metrics',
+      body: false,
+      async handle(_body, context) {
+        // A scraper needs to read and nothing more: `metrics: true` grants exactly this.
+        if (!authority.grant(context.caller, context.config.policy).metrics)
+          throw new HsmintError('ERR_FORBIDDEN', 'metrics need a rule with metrics: true or admin');
+        return {
+          status: 200,
+          body: new PlainText(await authority.metrics.text(), METRICS_CONTENT_TYPE),
+          headers: NO_STORE,
+        };
       },
     },
   ];

@@ -14,13 +14,17 @@ import type { KeyStore } from '../core/keys/keystore.js';
 import { Authority, stateFiles } from './authority.js';
 import { createRoutes } from './handlers.js';
 import { createLogger } from './logger.js';
+import { DaemonMetrics } from './metrics.js';
 import { ApiServer } from './server.js';
 import { native } from './native.js';
 import { currentCaller, identifyPeer } from './peer.js';
-import { listenOnPath } from './socket.js';
+import { listenOnFd, listenOnPath } from './socket.js';
+import { Notifier, Watchdog, takeListenFd, watchdogMs } from './systemd.js';
 import type { ReloadResponse } from '../core/protocol.js';
 
 const DRAIN_TIMEOUT_MS = 10_000;
+/** Without a watchdog, STATUS= is refreshed this often (health and the active key change). */
+const STATUS_REFRESH_MS = 10_000;
 /** The key timer wakes at least this often, so clock jumps and reloads are noticed. */
 const MAX_KEY_TIMER_SECONDS = 60;
 
@@ -76,6 +80,7 @@ async function openAudit(
   auditStore: KeyStore,
   logger: Logger,
   allowBrokenChain: boolean,
+  metrics: DaemonMetrics,
 ) {
   const existing = (await auditStore.list()).at(-1);
   const key = existing ?? (await auditStore.generate(config.keys.algorithm));
@@ -94,6 +99,7 @@ async function openAudit(
     segmentBytes: config.audit.segmentSize,
     allowBrokenChain,
     report: (event) => logger.warn(event, String(event.event)),
+    observeWrite: metrics.auditWrite,
   });
   return { log, keys: (await auditStore.list()).map((entry) => entry.publicJwk) };
 }
@@ -103,12 +109,22 @@ async function start(
   logger: Logger,
   flags: { allowBrokenAudit: boolean },
 ): Promise<void> {
-  native(); // fail at start, not on the first connection, when the addon is missing
+  const startedAt = performance.now();
+  const addon = native(); // fail at start, not on the first connection, when the addon is missing
+  // Taken first, so the LISTEN_* variables are gone before anything else starts.
+  const listenFd = takeListenFd();
+  const notifier = new Notifier(addon.sdNotify, process.env, (error) =>
+    logger.warn(
+      { event: 'systemd.notify_failed', err: error },
+      'systemd did not take a notification',
+    ),
+  );
   const { store, caStore, auditStore, token } = await openKeyStore(config);
   let authority: Authority;
   let audit: AuditLog;
+  const metrics = new DaemonMetrics();
   try {
-    const opened = await openAudit(config, auditStore, logger, flags.allowBrokenAudit);
+    const opened = await openAudit(config, auditStore, logger, flags.allowBrokenAudit, metrics);
     audit = opened.log;
     const certifier = config.ca ? await createCertifier(config, store, caStore, logger) : undefined;
     authority = await Authority.create({
@@ -119,6 +135,7 @@ async function start(
       state: stateFiles(config),
       audit,
       auditKeys: opened.keys,
+      metrics,
       ...(certifier ? { certifier } : {}),
     });
   } catch (error) {
@@ -139,6 +156,7 @@ async function start(
   let reloading: Promise<unknown> = Promise.resolve();
   const reload = (): Promise<ReloadResponse> => {
     const attempt = reloading.then(async () => {
+      notifier.reloading();
       try {
         const next = loadConfig(config.source);
         const restartNeeded = await authority.reconfigure(next);
@@ -152,6 +170,7 @@ async function start(
           'configuration reloaded',
         );
         authority.record({ event: 'config.reload', restart_needed: restartNeeded });
+        notifier.ready(statusLine());
         return { reloaded: true as const, restart_needed: restartNeeded };
       } catch (error) {
         logger.error(
@@ -162,6 +181,10 @@ async function start(
           event: 'config.reload_failed',
           code: (error as HsmintError).code ?? 'ERR_INTERNAL',
         });
+        // The old configuration still serves: systemd must hear READY again either way.
+        notifier.ready(
+          `${statusLine()}; last reload refused: ${(error as HsmintError).code ?? 'ERR_INTERNAL'}`,
+        );
         throw error;
       }
     });
@@ -174,9 +197,12 @@ async function start(
     currentCaller,
     config: () => authority.settings,
     perUid: () => authority.limits,
+    metrics,
   });
   try {
-    await listenOnPath(server.http, config.socket.path, config.socket.mode, config.socket.group);
+    if (listenFd === undefined)
+      await listenOnPath(server.http, config.socket.path, config.socket.mode, config.socket.group);
+    else await listenOnFd(server.http, listenFd);
   } catch (error) {
     await authority.close();
     throw error;
@@ -184,7 +210,8 @@ async function start(
   logger.info(
     {
       event: 'daemon.start',
-      socket: config.socket.path,
+      socket: listenFd === undefined ? config.socket.path : `fd ${listenFd} from systemd`,
+      start_ms: Math.round(performance.now() - startedAt),
       issuer: config.issuer,
       alg: authority.activeKey.alg,
       kid: authority.activeKey.kid,
@@ -193,6 +220,24 @@ async function start(
     },
     'hsmintd is serving',
   );
+  notifier.ready(statusLine());
+
+  // WATCHDOG=1 while the event loop runs and the token answers; STATUS= kept current.
+  const interval = watchdogMs();
+  const watchdog =
+    interval === undefined
+      ? undefined
+      : new Watchdog({
+          notifier,
+          intervalMs: interval,
+          probe: () => authority.probe(Math.max(1, Math.floor(interval / 2))),
+          onTick: () => notifier.status(statusLine()),
+        });
+  watchdog?.start();
+  const statusTimer =
+    notifier.enabled && watchdog === undefined
+      ? setInterval(() => notifier.status(statusLine()), STATUS_REFRESH_MS).unref()
+      : undefined;
 
   // The key lifecycle runs on the daemon's own timer: nobody has to call an API to rotate.
   let keyTimer: NodeJS.Timeout | undefined;
@@ -212,11 +257,24 @@ async function start(
   };
   scheduleKeys();
 
+  /** One line for `systemctl status`: health, the active key, and why when not ok. */
+  function statusLine(): string {
+    try {
+      const health = authority.health();
+      return `${health.status}${health.reason ? ` (${health.reason})` : ''}; active key ${health.active_kid} (${health.algorithm}); ${health.keys} keys`;
+    } catch (error) {
+      return `no active key: ${(error as Error).message}`;
+    }
+  }
+
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ event: 'daemon.stopping', signal }, 'draining in-flight requests');
+    notifier.stopping(`stopping (${signal}): draining requests, sealing the audit log`);
+    watchdog?.stop();
+    clearInterval(statusTimer);
     clearTimeout(keyTimer);
     await server.drain(DRAIN_TIMEOUT_MS);
     await audit.append({ event: 'daemon.stop', signal }).catch(() => undefined);

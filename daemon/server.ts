@@ -6,11 +6,21 @@ import type { Peer } from './peer.js';
 import type { Logger } from 'pino';
 import { HsmintError, type ErrorCode } from '../core/errors.js';
 import { MAX_BODY_BYTES, type ErrorBody } from '../core/protocol.js';
+import { secondsSince, type DaemonMetrics } from './metrics.js';
 
 export interface Reply {
   status: number;
+  /** Sent as JSON, unless it is PlainText. */
   body: unknown;
   headers?: Record<string, string>;
+}
+
+/** A body sent as it is rather than as JSON (the Prometheus text of GET /v1/metrics). */
+export class PlainText {
+  constructor(
+    readonly text: string,
+    readonly contentType: string,
+  ) {}
 }
 
 export interface RequestContext {
@@ -53,6 +63,8 @@ export interface ServerOptions {
   /** The configuration now, and the per-uid limits now (both change on reload). */
   config: () => Config;
   perUid: () => { connections: number; requests: number };
+  /** Times every answered request by route pattern and status class. */
+  metrics?: DaemonMetrics;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -209,10 +221,12 @@ export class ApiServer {
       config: this.options.config(),
     };
     const path = (request.url ?? '/').split('?')[0]!;
+    // The route's pattern, never the raw path, labels the metrics: their values stay bounded.
+    const matched = { pattern: 'unmatched' };
     let status = 500;
     let code: ErrorCode | undefined;
     try {
-      const reply = await this.route(request, path, context);
+      const reply = await this.route(request, path, context, matched);
       status = reply.status;
       send(response, reply, this.draining);
     } catch (error) {
@@ -230,7 +244,9 @@ export class ApiServer {
         this.draining || status === 413 || status >= 500,
       );
     } finally {
-      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      const seconds = secondsSince(started);
+      const ms = seconds * 1000;
+      this.options.metrics?.request(request.method, matched.pattern, status, seconds);
       this.logger.info(
         {
           event: 'http.request',
@@ -253,6 +269,7 @@ export class ApiServer {
     request: IncomingMessage,
     path: string,
     context: RequestContext,
+    matched: { pattern: string },
   ): Promise<Reply> {
     if (this.draining) throw new HsmintError('ERR_SHUTTING_DOWN', 'the daemon is shutting down');
     if ((this.requestsByUid.get(context.caller.uid) ?? 0) > this.options.perUid().requests) {
@@ -263,6 +280,7 @@ export class ApiServer {
     }
     const candidates = this.routes.get(path) ?? this.matchPattern(path, context);
     if (!candidates) throw new HsmintError('ERR_NOT_FOUND', 'no such route');
+    matched.pattern = candidates[0]!.path;
     const route = candidates.find((candidate) => candidate.method === request.method);
     if (!route) {
       throw new HsmintError(
@@ -365,9 +383,10 @@ function writeRaw(
 
 function send(response: ServerResponse, reply: Reply, close = false): void {
   if (response.headersSent) return;
-  const payload = JSON.stringify(reply.body);
+  const plain = reply.body instanceof PlainText ? reply.body : undefined;
+  const payload = plain ? plain.text : JSON.stringify(reply.body);
   response.statusCode = reply.status;
-  response.setHeader('content-type', 'application/json');
+  response.setHeader('content-type', plain ? plain.contentType : 'application/json');
   response.setHeader('x-content-type-options', 'nosniff');
   for (const [name, value] of Object.entries(reply.headers ?? {})) response.setHeader(name, value);
   response.setHeader('content-length', Buffer.byteLength(payload));

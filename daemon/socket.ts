@@ -95,3 +95,25 @@ export async function listenOnPath(
   if (gid !== undefined) await chown(path, -1, gid);
   await chmod(path, mode);
 }
+
+/**
+ * Serves on a listening socket systemd passed (socket activation). systemd made the socket,
+ * with the unit's path, mode and group, and removes it: the daemon neither binds nor unlinks.
+ */
+export async function listenOnFd(server: Server, fd: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) =>
+      reject(
+        new HsmintError(
+          'ERR_SOCKET_ACTIVATION',
+          `cannot serve on the socket systemd passed (fd ${fd}): ${error.code ?? error.message}`,
+          { cause: error },
+        ),
+      );
+    server.once('error', onError);
+    server.listen({ fd }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}

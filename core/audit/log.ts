@@ -44,6 +44,8 @@ export interface AuditLogOptions {
   signTimeoutMs?: number;
   /** The file system; tests inject faults and count syncs here. */
   io?: AuditIo;
+  /** Told of each batch made durable: how long its write and sync took, and its records. */
+  observeWrite?(seconds: number, records: number): void;
 }
 
 export interface AuditHealth {
@@ -492,6 +494,7 @@ export class AuditLog {
     // Only a checkpoint was wanted, and it could not be signed (or nothing was left to write).
     if (chunks.every((part) => part.lines.length === 0)) return 'nothing';
 
+    const started = process.hrtime.bigint();
     try {
       await this.write(chunks);
     } catch (error) {
@@ -503,6 +506,10 @@ export class AuditLog {
       for (const { entry } of acks) entry.reject(refused);
       return 'failed';
     }
+    this.observeSafely(
+      Number(process.hrtime.bigint() - started) / 1e9,
+      chunks.reduce((total, part) => total + part.lines.length, 0),
+    );
 
     this.seq = seq;
     this.hash = hash;
@@ -597,6 +604,14 @@ export class AuditLog {
 
   private stamp(): string {
     return this.now().toISOString();
+  }
+
+  private observeSafely(seconds: number, records: number): void {
+    try {
+      this.options.observeWrite?.(seconds, records);
+    } catch {
+      // Metrics must not take the log down either.
+    }
   }
 
   private reportSafely(event: AuditEvent): void {

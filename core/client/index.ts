@@ -125,6 +125,11 @@ export class HsmintClient {
     return this.call('GET', '/v1/bundle', undefined, [200]);
   }
 
+  /** The daemon's metrics in the Prometheus text format (admins). */
+  metrics(): Promise<string> {
+    return this.call('GET', '/v1/metrics', undefined, [200], 'text');
+  }
+
   /** `degraded` comes back with 503 and is still an answer, not an error. */
   health(): Promise<HealthResponse> {
     return this.call<HealthResponse>('GET', '/v1/health', undefined, [200, 503]);
@@ -140,6 +145,8 @@ export class HsmintClient {
     path: string,
     body: unknown,
     expected: number[],
+    /** How an expected answer is read; failures are always JSON error bodies. */
+    answer: 'json' | 'text' = 'json',
   ): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
@@ -152,7 +159,7 @@ export class HsmintClient {
           timeout: this.timeoutMs,
           headers: {
             host: 'hsmint',
-            accept: 'application/json',
+            accept: answer === 'text' ? 'text/plain' : 'application/json',
             ...(payload
               ? { 'content-type': 'application/json', 'content-length': payload.length }
               : {}),
@@ -170,6 +177,10 @@ export class HsmintClient {
             chunks.push(chunk);
           });
           res.on('end', () => {
+            if (answer === 'text' && expected.includes(res.statusCode ?? 0)) {
+              resolve(Buffer.concat(chunks).toString('utf8') as T);
+              return;
+            }
             let parsed: unknown;
             try {
               parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));

@@ -17,6 +17,18 @@ export interface KeyInfo {
   publicJwk: PublicJwk;
 }
 
+/** A store's signing sessions on its token, read for metrics. */
+export interface SessionUse {
+  /** Sessions open now, busy or idle. */
+  open: number;
+  /** Sessions carrying an operation now. */
+  busy: number;
+  /** The most sessions the store opens. */
+  limit: number;
+  /** Operations queued for a free session. */
+  waiting: number;
+}
+
 /**
  * The narrow seam in front of a key store (after smallstep's KeyManager). Only core/pkcs11
  * implements it for real; tests add an in-memory one and run the same contract suite on both.
@@ -34,7 +46,15 @@ export interface KeyStore {
   /** Signs a JWS signing input and returns the JWS signature bytes for the key's algorithm. */
   sign(kid: string, signingInput: Buffer): Promise<Buffer>;
   destroy(kid: string): Promise<void>;
+  /**
+   * Resolves when the token answers a cheap call (never a signature: a key that wants a touch
+   * would wait for a finger). The systemd watchdog pings only while it does. Stores with no
+   * device behind them need not have it.
+   */
+  probe?(): Promise<void>;
   close(): Promise<void>;
+  /** The sessions in use, for a store that keeps a pool of them (PKCS#11); read-only. */
+  sessions?(): SessionUse;
 }
 
 /**

@@ -11,6 +11,7 @@ import {
   type KeyInfo,
   type KeyStore,
   type PublicJwk,
+  type SessionUse,
 } from '../keys/keystore.js';
 import { ckrCode, ckrName, type Pkcs11Token } from './token.js';
 
@@ -302,8 +303,17 @@ export class Pkcs11KeyStore implements KeyStore {
     this.keys.delete(kid);
   }
 
+  probe(): Promise<void> {
+    return this.token.probe();
+  }
+
   async close(): Promise<void> {
     await this.token.close();
+  }
+
+  /** The token's signing sessions; the signing, CA and audit stores share one pool. */
+  sessions(): SessionUse {
+    return this.token.sessionUse();
   }
 
   /** The private key's protection attributes, read for tests and `doctor`; never its value. */

@@ -47,6 +47,7 @@ function signWorkerMain(): void {
     'message',
     (job: {
       id: number;
+      op: 'sign' | 'probe';
       session: Uint8Array;
       key: Uint8Array;
       mechanism: unknown;
@@ -55,6 +56,11 @@ function signWorkerMain(): void {
     }) => {
       try {
         const session = asBuffer(job.session);
+        if (job.op === 'probe') {
+          lib.C_GetSessionInfo(session);
+          parentPort.postMessage({ id: job.id, signature: new Uint8Array(0) });
+          return;
+        }
         lib.C_SignInit(session, job.mechanism, asBuffer(job.key));
         const signature = lib.C_Sign(session, asBuffer(job.data), Buffer.alloc(job.length));
         parentPort.postMessage({ id: job.id, signature });
@@ -91,13 +97,29 @@ export class SignPool {
     data: Buffer,
     length: number,
   ): Promise<Buffer> {
+    return this.post({ op: 'sign', session, key, mechanism, data, length });
+  }
+
+  /**
+   * C_GetSessionInfo on `session` in a worker: the module answers, and a worker is free to
+   * ask it. Never a signature (a key that wants a touch would wait for a finger).
+   */
+  async probe(session: Buffer): Promise<void> {
+    await this.post({ op: 'probe', session });
+  }
+
+  private post(job: {
+    op: 'sign' | 'probe';
+    session: Buffer;
+    [field: string]: unknown;
+  }): Promise<Buffer> {
     if (this.closed)
       return Promise.reject(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed'));
     const thread = this.leastBusy();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       thread.jobs.set(id, { resolve, reject });
-      thread.worker.postMessage({ id, session, key, mechanism, data, length });
+      thread.worker.postMessage({ id, ...job });
     });
   }
 

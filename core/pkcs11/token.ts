@@ -2,6 +2,7 @@ import * as graphene from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { availableParallelism } from 'node:os';
 import { HsmintError } from '../errors.js';
+import type { SessionUse } from '../keys/keystore.js';
 import { SignPool } from './sign-pool.js';
 import { matchesToken, trimPadded, type TokenSelector } from './uri.js';
 
@@ -236,6 +237,21 @@ export class Pkcs11Token {
     length: number,
   ): Promise<Buffer> {
     return this.signer.sign(session, mechanism, key, data, length);
+  }
+
+  /** Resolves when a pool session can be had and the module answers on it (see SignPool.probe). */
+  probe(): Promise<void> {
+    return this.withSession((session) => this.signer.probe(session));
+  }
+
+  /** The signing pool now: what is open, what is busy, what waits (for metrics). */
+  sessionUse(): SessionUse {
+    return {
+      open: this.total,
+      busy: this.total - this.idle.length,
+      limit: this.size,
+      waiting: this.waiters.length,
+    };
   }
 
   /** Waits for signatures in flight, then logs out and finalizes the module. */

@@ -20,6 +20,8 @@ export interface PolicyRule {
   claims: Record<string, ClaimValue[] | null>;
   maxTtl: number;
   admin: boolean;
+  /** May read GET /v1/metrics and nothing else of the admin routes (admins may anyway). */
+  metrics?: boolean;
 }
 
 export interface Policy {
@@ -38,6 +40,8 @@ export interface Grant {
   claims: Record<string, ClaimValue[] | null>;
   maxTtl: number;
   admin: boolean;
+  /** May read the metrics: `metrics: true` in the rule, or an admin. */
+  metrics: boolean;
 }
 
 const PLACEHOLDER = /\{([a-z]+)\}/g;
@@ -105,6 +109,7 @@ export function grantFor(rule: PolicyRule, caller: Caller): Grant {
     claims: rule.claims,
     maxTtl: rule.maxTtl,
     admin: rule.admin,
+    metrics: rule.admin || rule.metrics === true,
   };
 }
 

@@ -97,12 +97,23 @@ export interface RunningDaemon {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+export interface StartOptions {
+  timeoutMs?: number;
+  /** A command the daemon runs under, e.g. systemd-socket-activate and its flags. */
+  wrapper?: string[];
+  /** The daemon's environment (default: the tests' own). */
+  env?: NodeJS.ProcessEnv;
+}
+
 export async function startDaemon(
   token: Pick<TestToken, 'config' | 'socket'>,
-  timeoutMs = 15_000,
+  options: StartOptions = {},
 ): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, [DAEMON, '--config', token.config], {
+  const timeoutMs = options.timeoutMs ?? 15_000;
+  const command = [...(options.wrapper ?? []), process.execPath, DAEMON, '--config', token.config];
+  const child = spawn(command[0]!, command.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.env ? { env: options.env } : {}),
   });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));

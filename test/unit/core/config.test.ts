@@ -98,6 +98,7 @@ describe('parseConfig', () => {
             claims: {},
             maxTtl: 3600,
             admin: false,
+            metrics: false,
           },
         ],
       },
@@ -233,6 +234,7 @@ describe('parseConfig', () => {
           claims: { tenant: ['t1', 't2'], level: [3], beta: [true, false], trace: null },
           maxTtl: 1800,
           admin: true,
+          metrics: false,
         },
       ],
     });
@@ -537,6 +539,12 @@ describe('parseConfig policy', () => {
     expect(rule).toMatchObject({ audiences: [], subjects: [], admin: true });
   });
 
+  it('reads metrics: true, a grant that reads metrics and nothing else', () => {
+    const rule = parseConfig(withRule(['match: {user: scraper}', 'metrics: true']), FILE).policy
+      .rules[0];
+    expect(rule).toMatchObject({ admin: false, metrics: true, audiences: [] });
+  });
+
   it('reads a single allowed claim value as a list of one, and null as any value', () => {
     const rule = parseConfig(
       withRule([
@@ -705,6 +713,14 @@ describe('parseConfig policy', () => {
 
     it('a rule max_ttl that is not a duration', () => {
       expectInvalid(withRule(['match: {uid: 1}', 'max_ttl: 300']), 'policy.rules[0].max_ttl', 8);
+    });
+
+    it.each(['yes', '"true"', '1'])('metrics %s', (metrics) => {
+      expectInvalid(
+        withRule(['match: {uid: 1}', `metrics: ${metrics}`]),
+        'policy.rules[0].metrics',
+        8,
+      );
     });
 
     it.each(['yes', '"true"', '1'])('admin %s', (admin) => {

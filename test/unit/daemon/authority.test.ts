@@ -274,6 +274,7 @@ describe('Authority', () => {
         claims: { tenant: ['t1', 't2'], trace: null },
         maxTtl: 3600,
         admin: false,
+        metrics: false,
       });
     });
 
@@ -311,6 +312,7 @@ describe('Authority', () => {
           claims: { tenant: ['t1', 't2'], trace: null },
           max_ttl: 3600,
           admin: false,
+          metrics: false,
         },
       });
     });

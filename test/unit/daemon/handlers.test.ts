@@ -72,6 +72,7 @@ describe('createRoutes', () => {
       ['POST', '/v1/keys/rotate', false],
       ['POST', '/v1/keys/{kid}/revoke', false],
       ['POST', '/v1/tokens/revoke', true],
+      ['GET', '/v1/metrics', false],
     ]);
   });
 

@@ -183,6 +183,7 @@ const grantArb: fc.Arbitrary<Grant> = fc.record({
   ),
   maxTtl: fc.integer({ min: 1, max: 86_400 }),
   admin: fc.boolean(),
+  metrics: fc.boolean(),
 });
 
 /** Either a value drawn from what the grant holds, or any value from the wider pools. */
@@ -691,6 +692,7 @@ describe('parseConfig policy (property)', () => {
       ),
       maxTtl: fc.integer({ min: 1, max: 86_400 }),
       admin: fc.boolean(),
+      metrics: fc.boolean(),
       named: fc.boolean(),
     },
     { noNullPrototype: true },
@@ -716,6 +718,7 @@ describe('parseConfig policy (property)', () => {
             claims: rule.claims,
             max_ttl: `${rule.maxTtl}s`,
             admin: rule.admin,
+            metrics: rule.metrics,
           }));
           // Block scalars off: yaml 2.9's writer loses the leading blank of a string whose
           // first line is only blanks (eemeli/yaml#692, #695), a fault of the writer alone.
@@ -739,6 +742,7 @@ describe('parseConfig policy (property)', () => {
               claims: rule.claims,
               maxTtl: rule.maxTtl,
               admin: rule.admin,
+              metrics: rule.metrics,
             })),
           );
         },

@@ -216,7 +216,14 @@ describe('grantFor and grantOf', () => {
       claims: { tenant: ['t1'], trace: null },
       maxTtl: 600,
       admin: true,
+      metrics: true,
     } satisfies Grant);
+  });
+
+  it('grants metrics to an admin, or to a rule with metrics: true alone', () => {
+    const reader = rule('reader', { uid: [1000] }, { metrics: true });
+    expect(grantFor(reader, caller())).toMatchObject({ admin: false, metrics: true });
+    expect(grantFor(rule('plain', { uid: [1000] }), caller()).metrics).toBe(false);
   });
 
   it('makes the first subject that renders the default', () => {
@@ -253,6 +260,7 @@ describe('authorizeMint', () => {
     claims: { tenant: ['t1', 't2'], level: [1, 2], beta: [true], trace: null },
     maxTtl: 3600,
     admin: false,
+    metrics: false,
   };
   const authorize = (request: MintRequest, over: Partial<Grant> = {}, defaultTtl = 300) =>
     authorizeMint({ ...grant, ...over }, request, defaultTtl);
