@@ -118,20 +118,21 @@ describe('npm run bundle and install.sh, offline', () => {
   let root: string;
   let install: Result;
 
-  const inPlace = (command: string, args: string[]) =>
-    run('unshare', [
-      '--net',
-      '--mount',
-      '--',
-      'sh',
-      '-c',
-      IN_PLACE,
-      'sh',
-      join(root, 'opt', 'hsmint'),
-      join(work, 'host-opt'),
-      command,
-      ...args,
-    ]);
+  /** unshare's arguments to run `command` offline, with the installed tree at /opt/hsmint. */
+  const inPlaceArgs = (command: string, args: string[]) => [
+    '--net',
+    '--mount',
+    '--',
+    'sh',
+    '-c',
+    IN_PLACE,
+    'sh',
+    join(root, 'opt', 'hsmint'),
+    join(work, 'host-opt'),
+    command,
+    ...args,
+  ];
+  const inPlace = (command: string, args: string[]) => run('unshare', inPlaceArgs(command, args));
 
   beforeAll(async () => {
     const probe = await run('unshare', ['--net', '--mount', '--', 'true']);
@@ -328,20 +329,7 @@ describe('npm run bundle and install.sh, offline', () => {
       // As hsmintd.service runs it: the wrapper, which execs node (unshare and sh exec too).
       daemon = spawn(
         'unshare',
-        [
-          '--net',
-          '--mount',
-          '--',
-          'sh',
-          '-c',
-          IN_PLACE,
-          'sh',
-          join(root, 'opt', 'hsmint'),
-          join(work, 'host-opt'),
-          '/opt/hsmint/bin/hsmintd',
-          '--config',
-          token.config,
-        ],
+        inPlaceArgs('/opt/hsmint/bin/hsmintd', ['--config', token.config]),
         { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] },
       );
       let output = '';
