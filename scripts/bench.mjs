@@ -18,7 +18,15 @@ import { Pool } from 'undici';
 import { runLoad } from './bench/load.mjs';
 
 const root = join(import.meta.dirname, '..');
-const { values } = parseArgs({ options: { quick: { type: 'boolean' }, out: { type: 'string' } } });
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean' },
+    out: { type: 'string' },
+    // Where hsmintd's audit log goes (default: under its temp state dir): to compare disks,
+    // e.g. a tmpfs, where a sync costs nothing, against the real one.
+    'audit-dir': { type: 'string' },
+  },
+});
 const seconds = values.quick ? 3 : 10;
 const rounds = values.quick ? 2 : 3;
 const concurrencies = values.quick ? [16] : [16, 64];
@@ -35,7 +43,10 @@ function makeToken(name) {
   const text = readFileSync(config, 'utf8');
   const limits = '  max_connections_per_uid: 256\n  max_requests_per_uid: 256\n';
   if (!text.includes('  mode: "0600"\n')) throw new Error('unexpected config from softhsm init');
-  writeFileSync(config, text.replace('  mode: "0600"\n', `  mode: "0600"\n${limits}`));
+  let written = text.replace('  mode: "0600"\n', `  mode: "0600"\n${limits}`);
+  if (values['audit-dir'] && name === 'on')
+    written += `audit:\n  dir: ${JSON.stringify(mkdtempSync(join(values['audit-dir'], 'hsmint-audit-')))}\n`;
+  writeFileSync(config, written);
   return { dir, config, socket: join(dir, 'hsmint.sock') };
 }
 
