@@ -8,6 +8,7 @@ import { statusCommand } from './commands/status.js';
 import { auditCommand } from './commands/audit.js';
 import { bundleCommand } from './commands/bundle.js';
 import { caCommand } from './commands/ca.js';
+import { doctorCommand } from './commands/doctor.js';
 import { revokeCommand } from './commands/revoke.js';
 import { verifyCommand } from './commands/verify.js';
 import { reloadCommand, whoamiCommand } from './commands/whoami.js';
@@ -43,6 +44,7 @@ export function createProgram(context: CliContext): Command {
     caCommand,
     bundleCommand,
     auditCommand,
+    doctorCommand,
     softhsmCommand,
   ]) {
     const command = factory(context);

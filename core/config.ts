@@ -44,6 +44,10 @@ export interface Config {
     /** Signing sessions; undefined takes the profile's number (a YubiKey takes one at a time). */
     sessions: number | undefined;
     environment: Record<string, string>;
+    /** Seconds an operation waits for a free session before ERR_HSM_BUSY. */
+    queueTimeout: number;
+    /** Seconds one signature may take before the token counts as hung and seals. */
+    callTimeout: number;
   };
   keys: {
     algorithm: Algorithm;
@@ -76,6 +80,8 @@ export const DEFAULTS = {
   maxConnectionsPerUid: 64,
   maxRequestsPerUid: 32,
   profile: 'softhsm',
+  queueTimeout: '2s',
+  callTimeout: '2s',
   algorithm: DEFAULT_ALGORITHM,
   rsaBits: 3072 as RsaKeySize,
   rotationPeriod: '7d',
@@ -314,7 +320,16 @@ export function parseConfig(text: string, file: string): Config {
 
   read.section(
     ['hsm'],
-    ['profile', 'module', 'token', 'pin_file', 'sessions', 'environment'],
+    [
+      'profile',
+      'module',
+      'token',
+      'pin_file',
+      'sessions',
+      'environment',
+      'queue_timeout',
+      'call_timeout',
+    ],
     true,
   );
   const tokenText = read.string(['hsm', 'token']);
@@ -328,6 +343,11 @@ export function parseConfig(text: string, file: string): Config {
   if (pinFileText === undefined)
     read.fail(['hsm', 'pin_file'], 'is required (or pin-source in the token URI)');
   const moduleText = read.optionalString(['hsm', 'module']) ?? token.modulePath;
+  const queueTimeout = read.duration(['hsm', 'queue_timeout'], DEFAULTS.queueTimeout);
+  const callTimeout = read.duration(['hsm', 'call_timeout'], DEFAULTS.callTimeout);
+  // Callers hold a connection while they wait: past these, waiting is worse than an answer.
+  if (queueTimeout > 60) read.fail(['hsm', 'queue_timeout'], 'at most 1m');
+  if (callTimeout > 300) read.fail(['hsm', 'call_timeout'], 'at most 5m');
 
   read.section(
     ['keys'],
@@ -404,6 +424,8 @@ export function parseConfig(text: string, file: string): Config {
           ? undefined
           : read.integer(['hsm', 'sessions'], 1, 1, 64),
       environment: read.stringMap(['hsm', 'environment']),
+      queueTimeout,
+      callTimeout,
     },
     keys: {
       algorithm: read.oneOf(['keys', 'algorithm'], ALGORITHMS, DEFAULTS.algorithm),

@@ -80,6 +80,15 @@ export const ERROR_CODES = {
     status: 503,
     meaning: 'The token failed or is unreachable; details are in the daemon log.',
   },
+  ERR_HSM_TOUCH_TIMEOUT: {
+    status: 504,
+    meaning:
+      "A signature waited for a touch on the key (its touch policy) past the profile's sign_timeout_ms; nothing was signed.",
+  },
+  ERR_HSM_BUSY: {
+    status: 503,
+    meaning: 'Every token session stayed busy for `hsm.queue_timeout`; the request was not signed.',
+  },
   ERR_SHUTTING_DOWN: { status: 503, meaning: 'The daemon is draining and takes no new work.' },
   ERR_INTERNAL: { status: 500, meaning: 'An unexpected fault; details are in the daemon log.' },
   ERR_CLOCK_ROLLBACK: {

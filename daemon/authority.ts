@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../core/config.js';
-import { HsmintError } from '../core/errors.js';
+import { HsmintError, hasCode } from '../core/errors.js';
 import { prepareToken, signToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import { join } from 'node:path';
@@ -17,6 +17,8 @@ import {
 } from '../core/keys/lifecycle.js';
 import { RevocationList, type RevocationDocument } from '../core/keys/revocations.js';
 import { JsonFile, MemoryDocument, type DocumentStore } from '../core/keys/state.js';
+import type { TokenHealth } from '../core/open.js';
+import type { TokenEvent } from '../core/pkcs11/recovery.js';
 import type { Caller } from '../core/policy/caller.js';
 import { authorizeMint, grantOf, type Grant, type Policy } from '../core/policy/policy.js';
 import type {
@@ -33,6 +35,8 @@ export interface AuthorityOptions {
   config: Config;
   store: KeyStore;
   token: { label: string; serial: string };
+  /** Whether the token is open or sealed (a device fault, a refused PIN); absent: always open. */
+  tokenHealth?: TokenHealth;
   logger: Logger;
   now?: () => Date;
   /** The tamper-evident log every action lands in; mints are answered only once recorded. */
@@ -59,6 +63,29 @@ export interface AuditSink {
   append(event: AuditEvent): Promise<{ seq: number }>;
   health(): { ok: boolean; reason?: string };
   lastTimestamp(): Date | undefined;
+}
+
+/** One log line per token event: seals and recoveries are errors and news, retries warnings. */
+export function logTokenEvent(logger: Logger, event: TokenEvent): void {
+  switch (event.event) {
+    case 'token.sealed':
+      logger.error(event, 'the token is sealed: minting stops until it is re-opened');
+      break;
+    case 'token.reopen_failed':
+      logger.warn(
+        event,
+        event.retry_ms === undefined
+          ? 'the token was not re-opened; no further attempt without an admin'
+          : 'the token was not re-opened; trying again',
+      );
+      break;
+    case 'token.unsealed':
+      logger.info(event, 'the token is open again; minting resumes');
+      break;
+    case 'token.sign_inline':
+      logger.info(event, 'the PKCS#11 module keeps state per load: signing on the main thread');
+      break;
+  }
 }
 
 /** The caller as the audit log records it. */
@@ -128,6 +155,7 @@ export class Authority {
   private readonly lifecycle: KeyLifecycle;
   private readonly revocations: RevocationList;
   private readonly store: KeyStore;
+  private readonly tokenHealth: TokenHealth | undefined;
   private readonly certifier: KeyCertifier | undefined;
   private readonly audit: AuditSink | undefined;
   readonly auditKeys: PublicJwk[];
@@ -142,6 +170,7 @@ export class Authority {
   private constructor(options: AuthorityOptions) {
     this.config = options.config;
     this.store = options.store;
+    this.tokenHealth = options.tokenHealth;
     this.certifier = options.certifier;
     this.audit = options.audit;
     this.auditKeys = options.auditKeys ?? [];
@@ -383,6 +412,7 @@ export class Authority {
   /** Mints under `settings`, the configuration the request arrived under. */
   async mint(request: MintRequest, caller: Caller, settings: Config): Promise<MintResponse> {
     const { tokens, issuer, policy } = settings;
+    this.refuseWhileSealed();
     this.checkClock(tokens.clockSkew);
     let grant: Grant;
     let subject: string;
@@ -465,6 +495,32 @@ export class Authority {
       iat: minted.iat,
       exp: minted.exp,
     };
+  }
+
+  /** A sealed token cannot sign: say so at once, before any record is written. */
+  private refuseWhileSealed(): void {
+    if (this.tokenHealth?.condition().status === 'sealed')
+      throw new HsmintError(
+        'ERR_HSM_UNAVAILABLE',
+        'the token is sealed; GET /v1/health says why (minting resumes when it is re-opened)',
+      );
+  }
+
+  /**
+   * A token event from core/pkcs11 (seal, re-open attempt, recovery): logged, and seals and
+   * recoveries recorded in the audit log.
+   */
+  tokenEvent(event: TokenEvent): void {
+    logTokenEvent(this.logger, event);
+    if (event.event === 'token.sealed' || event.event === 'token.unsealed') this.record(event);
+    if (event.event === 'token.reopen_failed' && event.retry_ms === undefined) this.record(event);
+    // A signature failure before the seal belongs to the fault that is now over.
+    if (event.event === 'token.unsealed') this.tokenFault = undefined;
+  }
+
+  /** A reload's one re-open attempt for a sealed token (the only one after a refused PIN). */
+  async retryToken(): Promise<void> {
+    if (this.tokenHealth?.condition().status === 'sealed') await this.tokenHealth.retry();
   }
 
   /** Observes how long a signature on the token took, queueing for a session included. */
@@ -554,9 +610,32 @@ export class Authority {
     return { keys: this.lifecycle.publishedKeys().map((jwk) => this.withChain(jwk)) };
   }
 
-  /** Resolves when the token answers, rejects after `timeoutMs` (the watchdog's probe). */
+  /**
+   * Resolves when the token answers, rejects after `timeoutMs` (the watchdog's probe). A token
+   * sealed by a fault it recovers from by itself (the back-off loop runs) or that waits for an
+   * admin (a refused PIN) passes: the daemon does what it should, and a restart would only cost
+   * a PIN try. A token hung in a call fails: only a restart frees it. A busy one passes too.
+   */
   async probe(timeoutMs: number): Promise<void> {
     if (!this.store.probe) return;
+    try {
+      await this.probeStore(timeoutMs);
+    } catch (error) {
+      if (hasCode(error, 'ERR_HSM_BUSY')) return;
+      const condition = this.tokenHealth?.condition();
+      if (condition?.status === 'sealed' && condition.recovery !== 'restart') return;
+      throw error;
+    }
+  }
+
+  private async probeStore(timeoutMs: number): Promise<void> {
+    if (!this.store.probe) return;
+    const condition = this.tokenHealth?.condition();
+    if (condition?.status === 'sealed') {
+      if (condition.recovery === 'restart')
+        throw new HsmintError('ERR_HSM_UNAVAILABLE', `the token is hung: ${condition.reason}`);
+      return;
+    }
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -582,11 +661,14 @@ export class Authority {
   health(): HealthResponse {
     const active = this.lifecycle.signingKey();
     const audit = this.audit?.health();
+    const token = this.tokenHealth?.condition();
+    const sealed = token?.status === 'sealed' ? `token sealed: ${token.reason}` : undefined;
     const reason =
+      sealed ??
       this.tokenFault ??
       (audit && !audit.ok ? `audit log unavailable: ${audit.reason ?? 'write failed'}` : undefined);
     return {
-      status: reason ? 'degraded' : 'ok',
+      status: sealed ? 'sealed' : reason ? 'degraded' : 'ok',
       ...(reason ? { reason } : {}),
       issuer: this.config.issuer,
       algorithm: active.alg,

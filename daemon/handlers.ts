@@ -8,6 +8,7 @@ import {
   parseVerifyRequest,
   type KeyView,
   type MintRequest,
+  type HealthResponse,
   type MintResponse,
   type ReloadResponse,
 } from '../core/protocol.js';
@@ -38,10 +39,15 @@ function keyView(record: KeyRecord): KeyView {
   };
 }
 
+/**
+ * The routes over `source`: an authority, or a getter for one that exists by the time a
+ * request reaches a handler (see untilTokenOpens).
+ */
 export function createRoutes(
-  authority: Authority,
+  source: Authority | (() => Authority),
   actions: { reload(): Promise<ReloadResponse> },
 ): Route[] {
+  const authority = typeof source === 'function' ? source : () => source;
   return [
     {
       method: 'POST',
@@ -52,19 +58,19 @@ export function createRoutes(
         let minted: MintResponse;
         try {
           request = parseMintRequest(body);
-          minted = await authority.mint(request, context.caller, context.config);
+          minted = await authority().mint(request, context.caller, context.config);
         } catch (error) {
-          authority.metrics.mint('error', answeredCode(error));
+          authority().metrics.mint('error', answeredCode(error));
           throw error;
         }
-        authority.metrics.mint('ok');
+        authority().metrics.mint('ok');
         context.log = {
           jti: minted.jti,
           kid: minted.kid,
           sub: minted.sub,
           aud: request.aud,
           exp: minted.exp,
-          rule: authority.grant(context.caller, context.config.policy).rule,
+          rule: authority().grant(context.caller, context.config.policy).rule,
         };
         return { status: 201, body: minted, headers: { 'cache-control': 'no-store' } };
       },
@@ -76,16 +82,16 @@ export function createRoutes(
       async handle(body, context) {
         let result: VerifyResult;
         try {
-          result = await authority.verify(parseVerifyRequest(body), context.caller);
+          result = await authority().verify(parseVerifyRequest(body), context.caller);
         } catch (error) {
-          authority.metrics.verify('error', answeredCode(error));
+          authority().metrics.verify('error', answeredCode(error));
           throw error;
         }
         if (result.valid) {
-          authority.metrics.verify('valid');
+          authority().metrics.verify('valid');
           context.log = { valid: true, jti: result.claims.jti, kid: result.header.kid };
         } else {
-          authority.metrics.verify('invalid', result.error.code);
+          authority().metrics.verify('invalid', result.error.code);
           context.log = { valid: false, code: result.error.code };
         }
         return { status: 200, body: result, headers: { 'cache-control': 'no-store' } };
@@ -98,7 +104,7 @@ export function createRoutes(
       async handle() {
         return {
           status: 200,
-          body: authority.jwks(),
+          body: authority().jwks(),
           headers: {
             'cache-control': `public, max-age=${JWKS_MAX_AGE_SECONDS}`,
             'content-type': 'application/jwk-set+json',
@@ -111,7 +117,7 @@ export function createRoutes(
       path: '/v1/health',
       body: false,
       async handle() {
-        const health = authority.health();
+        const health = authority().health();
         return {
           status: health.status === 'ok' ? 200 : 503,
           body: health,
@@ -126,7 +132,7 @@ export function createRoutes(
       async handle(_body, context) {
         return {
           status: 200,
-          body: authority.whoami(context.caller, context.config.policy),
+          body: authority().whoami(context.caller, context.config.policy),
           headers: { 'cache-control': 'no-store' },
         };
       },
@@ -136,7 +142,7 @@ export function createRoutes(
       path: '/v1/reload',
       body: false,
       async handle(_body, context) {
-        if (!authority.grant(context.caller, context.config.policy).admin) {
+        if (!authority().grant(context.caller, context.config.policy).admin) {
           throw new HsmintError('ERR_FORBIDDEN', 'reloading needs an admin rule');
         }
         return {
@@ -153,7 +159,7 @@ export function createRoutes(
       async handle() {
         return {
           status: 200,
-          body: { keys: authority.auditKeys },
+          body: { keys: authority().auditKeys },
           headers: { 'cache-control': 'no-store' },
         };
       },
@@ -163,8 +169,8 @@ export function createRoutes(
       path: '/v1/bundle',
       body: false,
       async handle(_body, context) {
-        requireAdmin(authority, context);
-        const { version, bundle } = await authority.bundle();
+        requireAdmin(authority(), context);
+        const { version, bundle } = await authority().bundle();
         context.log = { version };
         return { status: 200, body: { version, bundle }, headers: NO_STORE };
       },
@@ -174,10 +180,10 @@ export function createRoutes(
       path: '/v1/keys',
       body: false,
       async handle(_body, context) {
-        requireAdmin(authority, context);
+        requireAdmin(authority(), context);
         return {
           status: 200,
-          body: { keys: authority.keyRecords().map(keyView) },
+          body: { keys: authority().keyRecords().map(keyView) },
           headers: NO_STORE,
         };
       },
@@ -187,12 +193,12 @@ export function createRoutes(
       path: '/v1/keys/rotate',
       body: false,
       async handle(_body, context) {
-        requireAdmin(authority, context);
-        const active = await authority.rotateNow();
+        requireAdmin(authority(), context);
+        const active = await authority().rotateNow();
         context.log = { kid: active.kid };
         return {
           status: 200,
-          body: { active: keyView(active), keys: authority.keyRecords().map(keyView) },
+          body: { active: keyView(active), keys: authority().keyRecords().map(keyView) },
           headers: NO_STORE,
         };
       },
@@ -202,13 +208,13 @@ export function createRoutes(
       path: '/v1/keys/{kid}/revoke',
       body: false,
       async handle(_body, context) {
-        requireAdmin(authority, context);
+        requireAdmin(authority(), context);
         const kid = context.params['kid']!;
-        await authority.revokeKey(kid);
+        await authority().revokeKey(kid);
         context.log = { kid };
         return {
           status: 200,
-          body: { revoked: kid, keys: authority.keyRecords().map(keyView) },
+          body: { revoked: kid, keys: authority().keyRecords().map(keyView) },
           headers: NO_STORE,
         };
       },
@@ -231,7 +237,7 @@ export function createRoutes(
             );
           jti = request.jti;
         } else {
-          const result = await authority.verify({ token: request.token });
+          const result = await authority().verify({ token: request.token });
           if (!result.valid)
             throw new HsmintError(
               'ERR_INVALID_REQUEST',
@@ -247,8 +253,8 @@ export function createRoutes(
           jti = String(result.claims.jti);
           exp = result.claims.exp;
         }
-        const revoked = await authority.revokeToken(jti, exp);
-        authority.record({
+        const revoked = await authority().revokeToken(jti, exp);
+        authority().record({
           event: 'token.revoke',
           jti,
           until: revoked.until,
@@ -264,14 +270,38 @@ export function createRoutes(
       body: false,
       async handle(_body, context) {
         // A scraper needs to read and nothing more: `metrics: true` grants exactly this.
-        if (!authority.grant(context.caller, context.config.policy).metrics)
+        if (!authority().grant(context.caller, context.config.policy).metrics)
           throw new HsmintError('ERR_FORBIDDEN', 'metrics need a rule with metrics: true or admin');
         return {
           status: 200,
-          body: new PlainText(await authority.metrics.text(), METRICS_CONTENT_TYPE),
+          body: new PlainText(await authority().metrics.text(), METRICS_CONTENT_TYPE),
           headers: NO_STORE,
         };
       },
     },
   ];
+}
+
+/**
+ * The routes of a daemon whose token has not opened yet (the PIN was refused at start): health
+ * answers `sealed` with the reason, every other route ERR_HSM_UNAVAILABLE, for as long as
+ * `sealed()` returns a health; then each route is itself.
+ */
+export function untilTokenOpens(
+  routes: Route[],
+  sealed: () => HealthResponse | undefined,
+): Route[] {
+  return routes.map((route) => ({
+    ...route,
+    async handle(body, context) {
+      const health = sealed();
+      if (!health) return route.handle(body, context);
+      if (route.method === 'GET' && route.path === '/v1/health')
+        return { status: 503, body: health, headers: NO_STORE };
+      throw new HsmintError(
+        'ERR_HSM_UNAVAILABLE',
+        `the token is sealed: ${health.reason ?? 'not open'}`,
+      );
+    },
+  }));
 }

@@ -2,8 +2,9 @@
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { configPath, loadConfig, type Config } from '../core/config.js';
-import { HsmintError } from '../core/errors.js';
+import { HsmintError, hasCode } from '../core/errors.js';
 import { openKeyStore } from '../core/open.js';
+import { PIN_LOCKED, WRONG_PIN, type TokenEvent } from '../core/pkcs11/token.js';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AuditLog } from '../core/audit/log.js';
@@ -11,8 +12,8 @@ import { KeyCertifier } from '../core/ca/certifier.js';
 import { fromPem } from '../core/ca/certificates.js';
 import { signerFor } from '../core/ca/signer.js';
 import type { KeyStore } from '../core/keys/keystore.js';
-import { Authority, stateFiles } from './authority.js';
-import { createRoutes } from './handlers.js';
+import { Authority, logTokenEvent, stateFiles } from './authority.js';
+import { createRoutes, untilTokenOpens } from './handlers.js';
 import { createLogger } from './logger.js';
 import { DaemonMetrics } from './metrics.js';
 import { ApiServer } from './server.js';
@@ -20,13 +21,23 @@ import { native } from './native.js';
 import { currentCaller, identifyPeer } from './peer.js';
 import { listenOnFd, listenOnPath } from './socket.js';
 import { Notifier, Watchdog, takeListenFd, watchdogMs } from './systemd.js';
-import type { ReloadResponse } from '../core/protocol.js';
+import type { HealthResponse, ReloadResponse } from '../core/protocol.js';
 
 const DRAIN_TIMEOUT_MS = 10_000;
 /** Without a watchdog, STATUS= is refreshed this often (health and the active key change). */
 const STATUS_REFRESH_MS = 10_000;
 /** The key timer wakes at least this often, so clock jumps and reloads are noticed. */
 const MAX_KEY_TIMER_SECONDS = 60;
+/**
+ * Without a watchdog probing it, the token is probed this often, so that a removed token shows
+ * as sealed (and starts re-opening) even when nobody mints.
+ */
+const TOKEN_PROBE_MS = 5_000;
+
+/** A refused or locked PIN: the daemon stays up sealed, and only an admin's reload tries again. */
+function isPinRefusal(error: unknown): error is HsmintError {
+  return hasCode(error, 'ERR_PIN_INCORRECT') || hasCode(error, 'ERR_PIN_LOCKED');
+}
 
 /**
  * The internal CA for the daemon's keys: online when `ca.key` names a CA key on this token,
@@ -105,11 +116,13 @@ async function openAudit(
 }
 
 async function start(
-  config: Config,
+  initialConfig: Config,
   logger: Logger,
   flags: { allowBrokenAudit: boolean },
 ): Promise<void> {
   const startedAt = performance.now();
+  /** The configuration as last applied (a reload that opens a sealed token replaces it). */
+  let config = initialConfig;
   const addon = native(); // fail at start, not on the first connection, when the addon is missing
   // Taken first, so the LISTEN_* variables are gone before anything else starts.
   const listenFd = takeListenFd();
@@ -119,37 +132,123 @@ async function start(
       'systemd did not take a notification',
     ),
   );
-  const { store, caStore, auditStore, token } = await openKeyStore(config);
-  let authority: Authority;
-  let audit: AuditLog;
   const metrics = new DaemonMetrics();
-  try {
-    const opened = await openAudit(config, auditStore, logger, flags.allowBrokenAudit, metrics);
-    audit = opened.log;
-    const certifier = config.ca ? await createCertifier(config, store, caStore, logger) : undefined;
-    authority = await Authority.create({
-      config,
-      store,
-      token,
-      logger,
-      state: stateFiles(config),
-      audit,
-      auditKeys: opened.keys,
-      metrics,
-      ...(certifier ? { certifier } : {}),
+  /** The authority and its audit log, once the token has opened. */
+  let running: { authority: Authority; audit: AuditLog } | undefined;
+  /** Why the token never opened (a PIN refused at start), while it has not. */
+  let sealedReason: string | undefined;
+  const sealedSince = Date.now();
+  let lastKnownKeys: { active_kid: string; keys: number } = { active_kid: '', keys: 0 };
+  const onTokenEvent = (event: TokenEvent) =>
+    running ? running.authority.tokenEvent(event) : logTokenEvent(logger, event);
+
+  /** Opens the token, the audit log and the authority: the daemon's work can begin. */
+  const bringUp = async (settings: Config) => {
+    const { store, caStore, auditStore, token, tokenHealth } = await openKeyStore(settings, {
+      onEvent: onTokenEvent,
     });
+    let authority: Authority;
+    let audit: AuditLog;
+    try {
+      const opened = await openAudit(settings, auditStore, logger, flags.allowBrokenAudit, metrics);
+      audit = opened.log;
+      const certifier = settings.ca
+        ? await createCertifier(settings, store, caStore, logger)
+        : undefined;
+      authority = await Authority.create({
+        config: settings,
+        store,
+        token,
+        tokenHealth,
+        logger,
+        state: stateFiles(settings),
+        audit,
+        auditKeys: opened.keys,
+        metrics,
+        ...(certifier ? { certifier } : {}),
+      });
+    } catch (error) {
+      await store.close();
+      throw error;
+    }
+    await audit.append({
+      event: 'daemon.start',
+      kid: authority.activeKey.kid,
+      allow_broken_audit: flags.allowBrokenAudit,
+    });
+    if (settings.policy.rules.length === 0) {
+      logger.warn({ event: 'policy.empty' }, 'policy.rules is empty: every mint is refused');
+    }
+    running = { authority, audit };
+  };
+
+  /**
+   * A refused PIN at start: the daemon stays up sealed and says why, instead of exiting for
+   * systemd to restart it into the same PIN again (each try counts towards the lock-out).
+   */
+  const sealOnRefusal = async (settings: Config, error: HsmintError) => {
+    sealedReason = hasCode(error, 'ERR_PIN_LOCKED') ? PIN_LOCKED : WRONG_PIN;
+    logger.error(
+      { event: 'token.sealed', code: error.code, reason: sealedReason, recovery: 'admin' },
+      'the token refused the PIN: serving sealed until a reload brings one it takes',
+    );
+    // Health still names the key that will sign once the token opens.
+    try {
+      const document = await stateFiles(settings).keys.read();
+      lastKnownKeys = {
+        active_kid: document?.keys.find((key) => key.state === 'active')?.kid ?? '',
+        keys: document?.keys.length ?? 0,
+      };
+    } catch {
+      // Unreadable state: health says less, and the token's refusal is still the news.
+    }
+  };
+
+  try {
+    await bringUp(config);
   } catch (error) {
-    await store.close();
-    throw error;
+    if (!isPinRefusal(error)) throw error;
+    await sealOnRefusal(config, error);
   }
-  await audit.append({
-    event: 'daemon.start',
-    kid: authority.activeKey.kid,
-    allow_broken_audit: flags.allowBrokenAudit,
-  });
-  if (config.policy.rules.length === 0) {
-    logger.warn({ event: 'policy.empty' }, 'policy.rules is empty: every mint is refused');
-  }
+
+  const sealedHealth = (): HealthResponse | undefined =>
+    running
+      ? undefined
+      : {
+          status: 'sealed',
+          reason: `token sealed: ${sealedReason ?? 'not open'}`,
+          issuer: config.issuer,
+          algorithm: config.keys.algorithm,
+          ...lastKnownKeys,
+          token: { label: config.hsm.token.token ?? '', serial: config.hsm.token.serial ?? '' },
+          uptime_s: Math.floor((Date.now() - sealedSince) / 1000),
+        };
+  const authorityNow = (): Authority => {
+    if (!running) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is not open');
+    return running.authority;
+  };
+
+  /**
+   * The reload of a daemon whose token never opened: the configuration and the PIN file are
+   * read again and the token gets exactly one login attempt.
+   */
+  const openAfterRefusal = async (): Promise<ReloadResponse> => {
+    // The socket stays as bound; everything else comes from the file as it is now.
+    const settings = { ...loadConfig(config.source), socket: config.socket };
+    try {
+      await bringUp(settings);
+    } catch (error) {
+      if (isPinRefusal(error)) await sealOnRefusal(settings, error);
+      else sealedReason = `the token did not open: ${(error as Error).message}`;
+      throw error;
+    }
+    config = settings;
+    sealedReason = undefined;
+    logger.level = settings.log.level;
+    logger.info({ event: 'token.unsealed' }, 'the token took the PIN: serving');
+    scheduleKeys();
+    return { reloaded: true, restart_needed: [] };
+  };
 
   // Reloads run one after another. A file that fails validation is refused with its errors
   // and the running config stays: a typo must never take the issuer down.
@@ -158,6 +257,15 @@ async function start(
     const attempt = reloading.then(async () => {
       notifier.reloading();
       try {
+        if (!running) {
+          const opened = await openAfterRefusal();
+          notifier.ready(statusLine());
+          return opened;
+        }
+        const authority = running.authority;
+        // A sealed token gets one re-open attempt first (after a refused PIN, the only one
+        // there is): applying a configuration reads the keys on the token.
+        await authority.retryToken();
         const next = loadConfig(config.source);
         const restartNeeded = await authority.reconfigure(next);
         logger.level = next.log.level;
@@ -177,7 +285,7 @@ async function start(
           { event: 'config.reload_failed', code: (error as HsmintError).code, err: error },
           'reload refused; the old configuration stays',
         );
-        authority.record({
+        running?.authority.record({
           event: 'config.reload_failed',
           code: (error as HsmintError).code ?? 'ERR_INTERNAL',
         });
@@ -192,19 +300,27 @@ async function start(
     return attempt;
   };
 
-  const server = new ApiServer(createRoutes(authority, { reload }), logger, {
-    identify: identifyPeer,
-    currentCaller,
-    config: () => authority.settings,
-    perUid: () => authority.limits,
-    metrics,
-  });
+  const server = new ApiServer(
+    untilTokenOpens(createRoutes(authorityNow, { reload }), sealedHealth),
+    logger,
+    {
+      identify: identifyPeer,
+      currentCaller,
+      config: () => running?.authority.settings ?? config,
+      perUid: () =>
+        running?.authority.limits ?? {
+          connections: config.socket.maxConnectionsPerUid,
+          requests: config.socket.maxRequestsPerUid,
+        },
+      metrics,
+    },
+  );
   try {
     if (listenFd === undefined)
       await listenOnPath(server.http, config.socket.path, config.socket.mode, config.socket.group);
     else await listenOnFd(server.http, listenFd);
   } catch (error) {
-    await authority.close();
+    await running?.authority.close();
     throw error;
   }
   logger.info(
@@ -213,12 +329,15 @@ async function start(
       socket: listenFd === undefined ? config.socket.path : `fd ${listenFd} from systemd`,
       start_ms: Math.round(performance.now() - startedAt),
       issuer: config.issuer,
-      alg: authority.activeKey.alg,
-      kid: authority.activeKey.kid,
-      hsm_token: token.label,
+      ...(running
+        ? { alg: running.authority.activeKey.alg, kid: running.authority.activeKey.kid }
+        : { status: 'sealed' }),
+      hsm_token: config.hsm.token.token ?? config.hsm.token.serial,
       rules: config.policy.rules.length,
     },
-    'hsmintd is serving',
+    running
+      ? 'hsmintd is serving'
+      : 'hsmintd is up, sealed: send SIGHUP once the PIN file is right',
   );
   notifier.ready(statusLine());
 
@@ -230,7 +349,9 @@ async function start(
       : new Watchdog({
           notifier,
           intervalMs: interval,
-          probe: () => authority.probe(Math.max(1, Math.floor(interval / 2))),
+          // Before the token first opens (a refused PIN), a restart cannot help: keep pinging.
+          probe: () =>
+            running?.authority.probe(Math.max(1, Math.floor(interval / 2))) ?? Promise.resolve(),
           onTick: () => notifier.status(statusLine()),
         });
   watchdog?.start();
@@ -239,9 +360,20 @@ async function start(
       ? setInterval(() => notifier.status(statusLine()), STATUS_REFRESH_MS).unref()
       : undefined;
 
+  // Without the watchdog's probe, a probe of its own finds a token that went away unused.
+  const tokenProbe =
+    watchdog === undefined
+      ? setInterval(
+          () => void running?.authority.probe(TOKEN_PROBE_MS).catch(() => undefined),
+          TOKEN_PROBE_MS,
+        ).unref()
+      : undefined;
+
   // The key lifecycle runs on the daemon's own timer: nobody has to call an API to rotate.
   let keyTimer: NodeJS.Timeout | undefined;
   const scheduleKeys = () => {
+    const authority = running?.authority;
+    if (!authority) return;
     const seconds = Math.min(authority.secondsToNextKeyEvent(), MAX_KEY_TIMER_SECONDS);
     keyTimer = setTimeout(() => {
       authority
@@ -255,12 +387,14 @@ async function start(
         .finally(scheduleKeys);
     }, seconds * 1000);
   };
-  scheduleKeys();
+  // Once the token is open: at start, or at the reload that opens it (openAfterRefusal).
+  if (running) scheduleKeys();
 
   /** One line for `systemctl status`: health, the active key, and why when not ok. */
   function statusLine(): string {
+    if (!running) return `sealed (${sealedReason ?? 'the token is not open'})`;
     try {
-      const health = authority.health();
+      const health = running.authority.health();
       return `${health.status}${health.reason ? ` (${health.reason})` : ''}; active key ${health.active_kid} (${health.algorithm}); ${health.keys} keys`;
     } catch (error) {
       return `no active key: ${(error as Error).message}`;
@@ -275,11 +409,24 @@ async function start(
     notifier.stopping(`stopping (${signal}): draining requests, sealing the audit log`);
     watchdog?.stop();
     clearInterval(statusTimer);
+    clearInterval(tokenProbe);
     clearTimeout(keyTimer);
     await server.drain(DRAIN_TIMEOUT_MS);
-    await audit.append({ event: 'daemon.stop', signal }).catch(() => undefined);
-    await audit.close(); // flushes and seals the log with a final checkpoint
-    await authority.close();
+    if (running) {
+      const { audit, authority } = running;
+      await audit.append({ event: 'daemon.stop', signal }).catch(() => undefined);
+      // Flushes and seals the log with a final checkpoint; a sealed token cannot sign it, and
+      // the next start's first checkpoint seals the tail instead.
+      await audit
+        .close()
+        .catch((error: unknown) =>
+          logger.error(
+            { event: 'audit.close_failed', code: (error as HsmintError).code, err: error },
+            'the audit log was closed without its final checkpoint',
+          ),
+        );
+      await authority.close();
+    }
     logger.info({ event: 'daemon.stop' }, 'hsmintd stopped; the token is closed');
     logger.flush();
     process.exit(0);

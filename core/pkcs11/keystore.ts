@@ -13,7 +13,7 @@ import {
   type PublicJwk,
   type SessionUse,
 } from '../keys/keystore.js';
-import { ckrCode, ckrName, type Pkcs11Token } from './token.js';
+import { ckrCode, ckrName, RETRY_ONCE, type Pkcs11Token } from './token.js';
 
 /** Ed25519 mechanisms are PKCS#11 3.0; pkcs11js 2.1 does not name them yet. */
 const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
@@ -132,6 +132,11 @@ export class Pkcs11KeyStore implements KeyStore {
     this.purpose = options.purpose ?? 'signing';
     this.rsaBits = options.rsaBits ?? 3072;
     this.now = options.now ?? (() => new Date());
+    // After a re-open every object handle is new: find the keys again (by label) before the
+    // token takes work.
+    token.onReopen(async () => {
+      if (this.loaded) await this.readKeys();
+    });
   }
 
   async list(): Promise<KeyInfo[]> {
@@ -155,8 +160,11 @@ export class Pkcs11KeyStore implements KeyStore {
     }
   }
 
-  private async readKeys(): Promise<void> {
-    const session = this.token.anchor;
+  private readKeys(): Promise<void> {
+    return this.token.withAnchor((session) => this.readKeysOn(session));
+  }
+
+  private async readKeysOn(session: graphene.Session): Promise<void> {
     const found = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, token: true });
     const next = new Map<string, LoadedKey>();
     for (let i = 0; i < found.length; i++) {
@@ -185,7 +193,15 @@ export class Pkcs11KeyStore implements KeyStore {
     this.loaded = true;
   }
 
-  async generate(alg: Algorithm, options: { label?: string } = {}): Promise<KeyInfo> {
+  /**
+   * `sessionOnly` makes the pair session objects (CKA_TOKEN false) that vanish when the
+   * token closes: `doctor` signs with them without leaving a key on the token. Call list() or
+   * reload() first, as a later reload forgets keys that are not on the token.
+   */
+  async generate(
+    alg: Algorithm,
+    options: { label?: string; sessionOnly?: boolean } = {},
+  ): Promise<KeyInfo> {
     const scheme = SCHEMES[alg];
     const parsed =
       options.label === undefined ? undefined : parseKeyLabel(options.label, this.purpose);
@@ -198,7 +214,7 @@ export class Pkcs11KeyStore implements KeyStore {
     const createdAt = parsed?.createdAt ?? this.now();
     const label = options.label ?? keyLabel(alg, createdAt, this.purpose);
     const id = randomBytes(16);
-    const common = { token: true, label, id, keyType: scheme.keyType };
+    const common = { token: options.sessionOnly !== true, label, id, keyType: scheme.keyType };
     const publicTemplate: graphene.ITemplate = {
       ...common,
       class: graphene.ObjectClass.PUBLIC_KEY,
@@ -221,29 +237,27 @@ export class Pkcs11KeyStore implements KeyStore {
       unwrap: false,
       derive: false,
     };
-    let pair: graphene.IKeyPair;
-    try {
-      pair = this.token.anchor.generateKeyPair(
-        scheme.keyGen as graphene.MechanismEnum,
-        publicTemplate,
-        privateTemplate,
-      );
-    } catch (cause) {
-      throw new HsmintError(
-        'ERR_ALG_UNSUPPORTED',
-        `the token could not generate an ${alg} key: ${ckrName(cause) ?? 'error'}`,
-        {
-          cause,
-        },
-      );
-    }
-    const loaded = await this.describe(
-      alg,
-      label,
-      createdAt,
-      pair.publicKey,
-      pair.privateKey.handle,
-    );
+    const loaded = await this.token.withAnchor(async (session) => {
+      let pair: graphene.IKeyPair;
+      try {
+        pair = session.generateKeyPair(
+          scheme.keyGen as graphene.MechanismEnum,
+          publicTemplate,
+          privateTemplate,
+        );
+      } catch (cause) {
+        // A dead device is not an unsupported algorithm: the token seals on it, and says so.
+        this.token.fail(cause, false);
+        if (this.token.condition().status !== 'open')
+          throw this.unavailable('generating a key', cause);
+        throw new HsmintError(
+          'ERR_ALG_UNSUPPORTED',
+          `the token could not generate an ${alg} key: ${ckrName(cause) ?? 'error'}`,
+          { cause },
+        );
+      }
+      return this.describe(alg, label, createdAt, pair.publicKey, pair.privateKey.handle);
+    });
     this.keys.set(loaded.info.kid, loaded);
     return loaded.info;
   }
@@ -253,15 +267,17 @@ export class Pkcs11KeyStore implements KeyStore {
     try {
       return await this.signOnce(kid, signingInput);
     } catch (cause) {
-      // Object handles can change under us (another application rewrote the token store,
-      // an HSM reconnected): find the key again and try once more before giving up.
+      // Sessions and object handles can go stale under us (another application reset the
+      // token, a login was lost): withSession has replaced the session; find the key again
+      // too, and try once more. Only if that fails as well is the token itself in doubt.
       const code = ckrCode(cause);
-      if (code !== pkcs11js.CKR_KEY_HANDLE_INVALID && code !== pkcs11js.CKR_OBJECT_HANDLE_INVALID)
-        throw this.signFailure(kid, cause);
-      await this.reload();
+      if (code === undefined || !RETRY_ONCE.has(code)) throw this.signFailure(kid, cause);
+      if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID)
+        await this.reload();
       try {
         return await this.signOnce(kid, signingInput);
       } catch (again) {
+        this.token.fail(again);
         throw this.signFailure(kid, again);
       }
     }
@@ -280,9 +296,13 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   private signFailure(kid: string, cause: unknown): HsmintError {
+    return this.unavailable(`signing with ${kid}`, cause);
+  }
+
+  private unavailable(what: string, cause: unknown): HsmintError {
     if (cause instanceof HsmintError) return cause;
     const ckr = ckrName(cause) ?? 'unknown error';
-    return new HsmintError('ERR_HSM_UNAVAILABLE', `signing with ${kid} failed: ${ckr}`, {
+    return new HsmintError('ERR_HSM_UNAVAILABLE', `${what} failed: ${ckr}`, {
       cause,
       details: { ckr },
     });
@@ -292,14 +312,16 @@ export class Pkcs11KeyStore implements KeyStore {
     if (!this.loaded) await this.reload();
     const key = this.keys.get(kid);
     if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
-    const session = this.token.anchor;
-    const id = session.getObject<graphene.PrivateKey>(key.privateKey)?.getAttribute('id') as
-      Buffer | undefined;
-    if (!id) throw new HsmintError('ERR_KEY_NOT_FOUND', `key ${kid} vanished from the token`);
-    for (const cls of [graphene.ObjectClass.PRIVATE_KEY, graphene.ObjectClass.PUBLIC_KEY]) {
-      const objects = session.find({ class: cls, token: true, id });
-      for (let i = 0; i < objects.length; i++) objects.items(i).destroy();
-    }
+    await this.token.withAnchor((session) => {
+      const id = session.getObject<graphene.PrivateKey>(key.privateKey)?.getAttribute('id') as
+        Buffer | undefined;
+      if (!id) throw new HsmintError('ERR_KEY_NOT_FOUND', `key ${kid} vanished from the token`);
+      // By the random id alone, so that session-only keys are destroyed too.
+      for (const cls of [graphene.ObjectClass.PRIVATE_KEY, graphene.ObjectClass.PUBLIC_KEY]) {
+        const objects = session.find({ class: cls, id });
+        for (let i = 0; i < objects.length; i++) objects.items(i).destroy();
+      }
+    });
     this.keys.delete(kid);
   }
 

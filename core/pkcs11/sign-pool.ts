@@ -8,17 +8,37 @@
  *
  * A PKCS#11 module is loaded once per process: the workers load the same library (dlopen
  * counts references), never call C_Initialize or C_Finalize, and share the application's
- * login and object handles.
+ * login and object handles. A module that gives each load its own state instead (p11-kit's
+ * client does: every C_GetFunctionList is a new connection) answers a worker with
+ * CKR_CRYPTOKI_NOT_INITIALIZED; the pool then signs on the main thread, C_SignInit in line and
+ * C_Sign on libuv's pool, as hsmint did before it had workers.
+ *
+ * Every call has a deadline. A call past it is given up on: its worker is terminated (the
+ * thread only ends once the call returns, if ever) and the call counts as stranded until then,
+ * so that the token layer knows not to finalize the module under it.
  */
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import type pkcs11js from 'pkcs11js';
+import pkcs11js from 'pkcs11js';
 import { HsmintError } from '../errors.js';
+import { isCkr } from './ckr.js';
 
 interface Job {
   resolve: (signature: Buffer) => void;
   reject: (error: Error) => void;
+  /** What was posted, kept to run it again on the main thread if the worker cannot. */
+  message: PostedJob;
+  timer: NodeJS.Timeout;
+}
+
+interface PostedJob {
+  op: 'sign' | 'probe';
+  session: Buffer;
+  key?: Buffer;
+  mechanism?: pkcs11js.Mechanism;
+  data?: Buffer;
+  length?: number;
 }
 
 interface Thread {
@@ -26,7 +46,7 @@ interface Thread {
   jobs: Map<number, Job>;
 }
 
-/** What a worker answers: a signature, or the PKCS#11 error's message (`CKR_NAME:code`). */
+/** What a worker answers: a signature, or the PKCS#11 error as `CKR_NAME:code` (see ckr.ts). */
 type Reply = { id: number; signature: Uint8Array } | { id: number; error: string };
 
 const pkcs11jsPath = createRequire(import.meta.url).resolve('pkcs11js');
@@ -65,30 +85,70 @@ function signWorkerMain(): void {
         const signature = lib.C_Sign(session, asBuffer(job.data), Buffer.alloc(job.length));
         parentPort.postMessage({ id: job.id, signature });
       } catch (error) {
+        // pkcs11js's message is the bare CKR name; the number travels with it (see ckr.ts).
+        const message = error instanceof Error ? error.message : String(error);
+        const code = error instanceof Error ? (error as { code?: unknown }).code : undefined;
         parentPort.postMessage({
           id: job.id,
-          error: error instanceof Error ? error.message : String(error),
+          error:
+            typeof code === 'number' && /^CKR_\w+$/.test(message) ? `${message}:${code}` : message,
         });
       }
     },
   );
 }
 
+/** The error of a call given up on at its deadline; the token counts it as a hang. */
+function deadlineError(what: string, ms: number): HsmintError {
+  return new HsmintError('ERR_HSM_UNAVAILABLE', `${what} did not return within ${ms} ms`, {
+    details: { deadline: true },
+  });
+}
+
+export function isDeadline(error: unknown): boolean {
+  return error instanceof HsmintError && error.details?.['deadline'] === true;
+}
+
+export interface SignPoolOptions {
+  modulePath: string;
+  /** Threads at most: more than the machine's cores buys nothing. */
+  size?: number;
+  /** The main thread's binding, initialized and logged in: signs when workers cannot. */
+  lib: pkcs11js.PKCS11;
+  /** How long one call may take before it is given up on (ms). */
+  callTimeoutMs: number;
+  /** Start on the main thread (a previous pool found that workers cannot share the module). */
+  inline?: boolean;
+  /** Told once when the pool moves to the main thread. */
+  onInline?: () => void;
+}
+
 export class SignPool {
   private readonly threads: Thread[] = [];
   private nextId = 1;
   private closed = false;
+  private inlineMode: boolean;
+  /** Main-thread signatures still running. */
+  private readonly inlineJobs = new Set<Promise<unknown>>();
+  /** Calls given up on that have not returned from the module. */
+  private strandedCalls = 0;
+  private readonly size: number;
 
-  /** `size` threads at most: more than the machine's cores buys nothing. */
-  constructor(
-    private readonly modulePath: string,
-    private readonly size = Math.max(1, availableParallelism()),
-  ) {}
+  constructor(private readonly options: SignPoolOptions) {
+    this.size = options.size ?? Math.max(1, availableParallelism());
+    this.inlineMode = options.inline ?? false;
+  }
+
+  /** Calls given up on at their deadline that have not returned from the module yet. */
+  get stranded(): number {
+    return this.strandedCalls;
+  }
 
   /**
-   * C_SignInit + C_Sign on `session` in a worker. The caller holds the session (one operation
-   * per session at a time); a PKCS#11 failure rejects with an Error whose message carries the
-   * CKR name and code, as pkcs11js writes it, so ckrCode() reads it the same.
+   * C_SignInit + C_Sign on `session`. The caller holds the session (one operation per session
+   * at a time); a PKCS#11 failure rejects with an Error whose message carries the CKR name and
+   * code, as pkcs11js writes it, so ckrCode() reads it the same. Past the deadline it rejects
+   * with deadlineError.
    */
   sign(
     session: Buffer,
@@ -101,32 +161,97 @@ export class SignPool {
   }
 
   /**
-   * C_GetSessionInfo on `session` in a worker: the module answers, and a worker is free to
-   * ask it. Never a signature (a key that wants a touch would wait for a finger).
+   * C_GetSessionInfo on `session`: the module answers, and a worker is free to ask it. Never a
+   * signature (a key that wants a touch would wait for a finger).
    */
   async probe(session: Buffer): Promise<void> {
     await this.post({ op: 'probe', session });
   }
 
-  private post(job: {
-    op: 'sign' | 'probe';
-    session: Buffer;
-    [field: string]: unknown;
-  }): Promise<Buffer> {
+  private post(message: PostedJob): Promise<Buffer> {
     if (this.closed)
       return Promise.reject(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed'));
+    if (this.inlineMode) return this.runInline(message);
     const thread = this.leastBusy();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      thread.jobs.set(id, { resolve, reject });
-      thread.worker.postMessage({ id, ...job });
+      const timer = setTimeout(() => this.strand(thread, id), this.options.callTimeoutMs);
+      thread.jobs.set(id, { resolve, reject, message, timer });
+      thread.worker.postMessage({ id, ...message });
     });
   }
 
-  /** Waits for the signatures in flight (a worker cannot be stopped inside the module), then stops the workers. */
+  /** The call `id` is past its deadline: reject it, and give up its thread (see the top). */
+  private strand(thread: Thread, id: number): void {
+    const job = thread.jobs.get(id);
+    if (!job) return;
+    thread.jobs.delete(id);
+    job.reject(deadlineError(this.describe(job.message), this.options.callTimeoutMs));
+    this.forget(thread, new HsmintError('ERR_HSM_UNAVAILABLE', 'a signing thread was given up'));
+    this.strandedCalls++;
+    thread.worker.once('exit', () => this.strandedCalls--);
+    void thread.worker.terminate();
+  }
+
+  private describe(message: PostedJob): string {
+    return message.op === 'sign' ? 'a signature on the token' : 'a probe of the token';
+  }
+
+  /** On the main thread: C_SignInit in line, C_Sign on libuv's pool, both under the deadline. */
+  private runInline(message: PostedJob): Promise<Buffer> {
+    const lib = this.options.lib;
+    let call: Promise<Buffer>;
+    try {
+      if (message.op === 'probe') {
+        lib.C_GetSessionInfo(message.session);
+        return Promise.resolve(Buffer.alloc(0));
+      }
+      lib.C_SignInit(message.session, message.mechanism!, message.key!);
+      call = lib.C_SignAsync(message.session, message.data!, Buffer.alloc(message.length!));
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    this.inlineJobs.add(call);
+    let timer: NodeJS.Timeout | undefined;
+    let late = false;
+    const settled = call.finally(() => {
+      clearTimeout(timer);
+      this.inlineJobs.delete(call);
+      if (late) this.strandedCalls--;
+    });
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        late = true;
+        this.strandedCalls++;
+        this.inlineJobs.delete(call);
+        reject(deadlineError(this.describe(message), this.options.callTimeoutMs));
+      }, this.options.callTimeoutMs);
+    });
+    // The losing side of the race must not surface as an unhandled rejection.
+    settled.catch(() => undefined);
+    return Promise.race([settled, deadline]);
+  }
+
+  /** Moves to the main thread for good, and runs there what the workers could not. */
+  private goInline(): void {
+    if (this.inlineMode) return;
+    this.inlineMode = true;
+    this.options.onInline?.();
+    for (const thread of this.threads.splice(0)) {
+      for (const job of thread.jobs.values()) {
+        clearTimeout(job.timer);
+        this.runInline(job.message).then(job.resolve, job.reject);
+      }
+      thread.jobs.clear();
+      void thread.worker.terminate();
+    }
+  }
+
+  /** Waits for the calls in flight (none outlives its deadline), then stops the workers. */
   async close(): Promise<void> {
     this.closed = true;
     const threads = this.threads.splice(0);
+    await Promise.allSettled([...this.inlineJobs]);
     await Promise.all(
       threads.map(async (thread) => {
         await Promise.allSettled(
@@ -153,10 +278,21 @@ export class SignPool {
     return this.spawn();
   }
 
+  /** Drops a thread from the pool and fails what it still holds. */
+  private forget(thread: Thread, error: Error): void {
+    const index = this.threads.indexOf(thread);
+    if (index !== -1) this.threads.splice(index, 1);
+    for (const job of thread.jobs.values()) {
+      clearTimeout(job.timer);
+      job.reject(error);
+    }
+    thread.jobs.clear();
+  }
+
   private spawn(): Thread {
     const worker = new Worker(`(${signWorkerMain.toString()})()`, {
       eval: true,
-      workerData: { pkcs11jsPath, modulePath: this.modulePath },
+      workerData: { pkcs11jsPath, modulePath: this.options.modulePath },
     });
     // An idle worker must not keep a CLI command or a stopping daemon alive.
     worker.unref();
@@ -164,7 +300,16 @@ export class SignPool {
     worker.on('message', (reply: Reply) => {
       const job = thread.jobs.get(reply.id);
       if (!job) return;
+      if (
+        'error' in reply &&
+        isCkr(new Error(reply.error), pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED)
+      ) {
+        // The worker's load of the module is a separate, uninitialized instance.
+        this.goInline();
+        return;
+      }
       thread.jobs.delete(reply.id);
+      clearTimeout(job.timer);
       if ('error' in reply) job.reject(new Error(reply.error));
       else
         job.resolve(
@@ -175,15 +320,11 @@ export class SignPool {
           ),
         );
     });
-    const lost = (cause: unknown): void => {
-      const index = this.threads.indexOf(thread);
-      if (index !== -1) this.threads.splice(index, 1);
-      const error = new HsmintError('ERR_HSM_UNAVAILABLE', 'a signing thread stopped', {
-        cause,
-      });
-      for (const job of thread.jobs.values()) job.reject(error);
-      thread.jobs.clear();
-    };
+    const lost = (cause: unknown): void =>
+      this.forget(
+        thread,
+        new HsmintError('ERR_HSM_UNAVAILABLE', 'a signing thread stopped', { cause }),
+      );
     worker.on('error', lost);
     worker.on('exit', (code) => lost(new Error(`exit code ${code}`)));
     this.threads.push(thread);

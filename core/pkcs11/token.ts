@@ -1,10 +1,22 @@
 import * as graphene from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { availableParallelism } from 'node:os';
-import { HsmintError } from '../errors.js';
+import { HsmintError, hasCode } from '../errors.js';
 import type { SessionUse } from '../keys/keystore.js';
-import { SignPool } from './sign-pool.js';
+import { ckrCode, ckrName, isCkr } from './ckr.js';
+import {
+  TokenSeal,
+  type Backoff,
+  type Fault,
+  type TokenCondition,
+  type TokenEvent,
+} from './recovery.js';
+import { SessionPool, type SessionReturn } from './session-pool.js';
+import { SignPool, isDeadline } from './sign-pool.js';
 import { matchesToken, trimPadded, type TokenSelector } from './uri.js';
+
+export { ckrCode, ckrName, isCkr } from './ckr.js';
+export type { TokenCondition, TokenEvent } from './recovery.js';
 
 export type SessionHandle = Buffer;
 
@@ -15,15 +27,46 @@ export interface TokenInfo {
   serial: string;
 }
 
+/** Defaults for the deadlines below; config.ts has the same (hsm.queue_timeout, hsm.call_timeout). */
+export const DEFAULT_QUEUE_TIMEOUT_MS = 2_000;
+export const DEFAULT_CALL_TIMEOUT_MS = 2_000;
+
 export interface OpenTokenOptions {
   modulePath: string;
   selector: TokenSelector;
   pin: string;
-  /** Sessions in the signing pool; each carries one operation at a time. */
+  /** Sessions in the signing pool; each carries one operation at a time. Never more are opened. */
   sessions: number;
   /** Set before the module loads (SoftHSM reads SOFTHSM2_CONF at C_Initialize). */
   environment?: Readonly<Record<string, string>>;
+  /** How long an operation waits for a free session before ERR_HSM_BUSY (ms). */
+  queueTimeoutMs?: number;
+  /** How long a signature or probe may take before the token counts as hung (ms). */
+  callTimeoutMs?: number;
+  /**
+   * Reads the PIN again for each re-open after a fault (the file may have been fixed in the
+   * meantime). Without it, re-opens log in with the PIN given here.
+   */
+  readPin?: () => Promise<string>;
+  /** Seals, re-open attempts and recoveries, for the daemon's logs and audit log. */
+  onEvent?: (event: TokenEvent) => void;
+  /** The re-open back-off; recovery.ts has the default (0.5 s doubling to 30 s). */
+  backoff?: Backoff;
 }
+
+/**
+ * CKR codes that mean the device or its module is gone or broken, not this one call: the token
+ * seals at once and re-opens in the background.
+ */
+const DEVICE_FAULTS = new Set([
+  pkcs11js.CKR_DEVICE_REMOVED,
+  pkcs11js.CKR_TOKEN_NOT_PRESENT,
+  pkcs11js.CKR_TOKEN_NOT_RECOGNIZED,
+  pkcs11js.CKR_DEVICE_ERROR,
+  pkcs11js.CKR_DEVICE_MEMORY,
+  pkcs11js.CKR_GENERAL_ERROR,
+  pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
+]);
 
 /** CKR codes after which a session cannot be trusted again and is replaced. */
 const SESSION_LOST = new Set([
@@ -31,9 +74,22 @@ const SESSION_LOST = new Set([
   pkcs11js.CKR_SESSION_CLOSED,
   pkcs11js.CKR_OPERATION_ACTIVE,
   pkcs11js.CKR_USER_NOT_LOGGED_IN,
-  pkcs11js.CKR_DEVICE_REMOVED,
-  pkcs11js.CKR_TOKEN_NOT_PRESENT,
 ]);
+
+/**
+ * CKR codes that a fresh session or fresh object handles usually cure (another application
+ * reset the token, the login was lost): one retry, and only if that fails too, the token seals.
+ */
+export const RETRY_ONCE = new Set([
+  ...SESSION_LOST,
+  pkcs11js.CKR_OBJECT_HANDLE_INVALID,
+  pkcs11js.CKR_KEY_HANDLE_INVALID,
+]);
+
+export const WRONG_PIN =
+  'wrong PIN: the token refused the PIN in the PIN file; put the right one there, then reload (SIGHUP) or restart';
+export const PIN_LOCKED =
+  'PIN locked: an SO must reset it; then update the PIN file and reload (SIGHUP) or restart';
 
 /** Loads a module, tolerating a second load in the same process (tests, CLI + offline work). */
 export function loadModule(
@@ -51,17 +107,23 @@ export function loadModule(
   }
   const module = new graphene.Module(lib);
   module.libFile = modulePath;
+  initialize(module);
+  return module;
+}
+
+/** C_Initialize, at start and again after each C_Finalize of a recovery. */
+function initialize(module: graphene.Module): void {
   try {
     // Without OS locking, SoftHSM and others corrupt memory when sessions sign in parallel.
     module.initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   } catch (cause) {
     if (!isCkr(cause, pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
-      throw new HsmintError('ERR_MODULE_NOT_FOUND', `C_Initialize failed for ${modulePath}`, {
+      throw new HsmintError('ERR_MODULE_NOT_FOUND', `C_Initialize failed for ${module.libFile}`, {
         cause,
+        details: { ckr: ckrName(cause) },
       });
     }
   }
-  return module;
 }
 
 export function tokenInfoOf(slot: graphene.Slot): TokenInfo {
@@ -97,137 +159,218 @@ export function findSlot(module: graphene.Module, selector: TokenSelector): grap
   return matches[0]!;
 }
 
-const CKR_MESSAGE = /^(CKR_\w+):(\d+)/;
+/** Opens a session on `slot` and logs the user in; a refused PIN gets its own code. */
+function logIn(slot: graphene.Slot, pin: string): graphene.Session {
+  if (slot.getToken().flags & pkcs11js.CKF_USER_PIN_LOCKED) {
+    throw new HsmintError(
+      'ERR_PIN_LOCKED',
+      'the token has locked the user PIN; an SO must reset it',
+    );
+  }
+  const anchor = slot.open(graphene.SessionFlag.SERIAL_SESSION | graphene.SessionFlag.RW_SESSION);
+  try {
+    anchor.login(pin, graphene.UserType.USER);
+  } catch (cause) {
+    if (isCkr(cause, pkcs11js.CKR_USER_ALREADY_LOGGED_IN)) return anchor;
+    closeQuietly(() => anchor.close());
+    if (isCkr(cause, pkcs11js.CKR_PIN_INCORRECT)) {
+      throw new HsmintError('ERR_PIN_INCORRECT', 'the token refused the PIN', { cause });
+    }
+    if (isCkr(cause, pkcs11js.CKR_PIN_LOCKED)) {
+      throw new HsmintError('ERR_PIN_LOCKED', 'the token has locked the user PIN', { cause });
+    }
+    throw new HsmintError('ERR_HSM_UNAVAILABLE', `login failed: ${ckrName(cause)}`, {
+      cause,
+      details: { ckr: ckrName(cause) },
+    });
+  }
+  return anchor;
+}
+
+/** How a failed re-open reads in health and logs, and whether the loop tries again. */
+function reopenFault(error: unknown): Fault {
+  if (hasCode(error, 'ERR_PIN_INCORRECT')) return { reason: WRONG_PIN, recovery: 'admin' };
+  if (hasCode(error, 'ERR_PIN_LOCKED')) return { reason: PIN_LOCKED, recovery: 'admin' };
+  const ckr = ckrName(error) ?? ckrName((error as { cause?: unknown })?.cause);
+  const code = error instanceof HsmintError ? ` (${error.code})` : '';
+  const message = error instanceof Error ? error.message : String(error);
+  return {
+    reason: `${message}${code}`,
+    ...(ckr === undefined ? {} : { ckr }),
+    recovery: 'automatic',
+  };
+}
+
+/** A device that answers again: the slot, its logged-in anchor, a session pool and signers. */
+interface Live {
+  slot: graphene.Slot;
+  /** Logged in; used for object search, generation and attribute reads. */
+  anchor: graphene.Session;
+  pool: SessionPool<SessionHandle>;
+  signer: SignPool;
+}
 
 /**
- * The CKR code of a PKCS#11 failure. Some pkcs11js calls throw a plain Error whose message is
- * "CKR_NAME:code" rather than a Pkcs11Error, so the message is read too.
- */
-export function ckrCode(error: unknown): number | undefined {
-  if (error instanceof pkcs11js.Pkcs11Error) return error.code;
-  const match = error instanceof Error ? CKR_MESSAGE.exec(error.message) : null;
-  return match ? Number(match[2]) : undefined;
-}
-
-export function isCkr(error: unknown, code: number): boolean {
-  return ckrCode(error) === code;
-}
-
-/** The CKR name of a PKCS#11 failure, for logs (never for clients). */
-export function ckrName(error: unknown): string | undefined {
-  const match = error instanceof Error ? CKR_MESSAGE.exec(error.message) : null;
-  return match?.[1];
-}
-
-/**
- * An open, logged-in token. The anchor session holds the login for the whole application
- * (PKCS#11 login state is per application, not per session) and serves object handling; a
- * small pool of further sessions carries signing, one operation per session at a time.
+ * An open, logged-in token that survives its device going away. The anchor session holds the
+ * login for the whole application (PKCS#11 login state is per application, not per session)
+ * and serves object handling; a pool of at most `sessions` further sessions carries signing,
+ * one operation per session at a time, off the main thread (sign-pool.ts).
+ *
+ * A device-level failure (the token removed, the module's link to it broken) seals the token:
+ * everything asked of it fails at once with ERR_HSM_UNAVAILABLE, and recovery.ts re-opens it in
+ * the background (C_Finalize, C_Initialize, the slot found again by label and serial, a new
+ * login with the PIN read again, the keys' handles found again by label) until it answers.
+ * A refused or locked PIN stops that loop: only an admin's reload tries again. A call that
+ * does not return by its deadline is abandoned and seals the token until it comes back.
+ *
+ * Calls on the anchor (key listing, generation) run on the main thread, as graphene makes
+ * them: a module that hangs there stops the event loop, and the systemd watchdog restarts the
+ * daemon. Signatures and probes, the calls made for requests, have deadlines.
  */
 export class Pkcs11Token {
-  readonly info: TokenInfo;
-  private readonly idle: SessionHandle[] = [];
-  private readonly waiters: Array<{
-    resolve: (session: SessionHandle) => void;
-    reject: (error: Error) => void;
-  }> = [];
   private readonly lib: pkcs11js.PKCS11;
-  private readonly signer: SignPool;
+  private live: Live | undefined;
+  private current: TokenInfo;
+  private readonly seal: TokenSeal;
+  private readonly size: number;
+  private readonly queueTimeoutMs: number;
+  private readonly callTimeoutMs: number;
+  private readonly reopenHooks: Array<() => Promise<void>> = [];
+  /** Set while hooks reload keys during a re-open: the anchor may be used though still sealed. */
+  private reopening = false;
   private closed = false;
-  /** Sessions that exist, idle or busy; the pool refills up to `size` after a loss. */
-  private total = 0;
+  /** Whether this module needs signatures on the main thread (see sign-pool.ts). */
+  private inline = false;
+  /** Calls stranded in signers that were torn down: the module stays initialized under them. */
+  private readonly retired: SignPool[] = [];
+  /** Whether C_Initialize holds now (C_Finalize undoes it). */
+  private initialized = true;
 
   private constructor(
     private readonly module: graphene.Module,
-    private readonly slot: graphene.Slot,
-    /** Logged in; used for object search, generation and attribute reads. */
-    readonly anchor: graphene.Session,
-    private readonly size: number,
-    modulePath: string,
+    slot: graphene.Slot,
+    anchor: graphene.Session,
+    private readonly options: OpenTokenOptions,
   ) {
     this.lib = module.lib;
-    // No more threads than sessions: a token that takes one operation at a time gets one.
-    this.signer = new SignPool(modulePath, Math.min(size, availableParallelism()));
-    this.info = tokenInfoOf(slot);
-    for (let i = 0; i < size; i++) this.idle.push(this.openSession());
+    this.size = Math.max(1, options.sessions);
+    this.queueTimeoutMs = options.queueTimeoutMs ?? DEFAULT_QUEUE_TIMEOUT_MS;
+    this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.current = tokenInfoOf(slot);
+    this.seal = new TokenSeal({
+      reopen: () => this.reopen(),
+      inFlight: () => ({
+        calls: this.live?.pool.lent ?? 0,
+        stranded: this.stranded(),
+      }),
+      describe: reopenFault,
+      onSeal: () =>
+        this.live?.pool.stop(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is sealed')),
+      ...(options.onEvent ? { onEvent: options.onEvent } : {}),
+      ...(options.backoff ? { backoff: options.backoff } : {}),
+    });
+    this.live = this.connect(slot, anchor);
   }
 
   static open(options: OpenTokenOptions): Pkcs11Token {
     const module = loadModule(options.modulePath, options.environment);
     try {
       const slot = findSlot(module, options.selector);
-      const flags = slot.getToken().flags;
-      if (flags & pkcs11js.CKF_USER_PIN_LOCKED) {
-        throw new HsmintError(
-          'ERR_PIN_LOCKED',
-          'the token has locked the user PIN; an SO must reset it',
-        );
-      }
-      const anchor = slot.open(
-        graphene.SessionFlag.SERIAL_SESSION | graphene.SessionFlag.RW_SESSION,
-      );
+      const anchor = logIn(slot, options.pin);
       try {
-        anchor.login(options.pin, graphene.UserType.USER);
-      } catch (cause) {
-        anchor.close();
-        if (isCkr(cause, pkcs11js.CKR_PIN_INCORRECT)) {
-          throw new HsmintError('ERR_PIN_INCORRECT', 'the token refused the PIN', { cause });
-        }
-        if (isCkr(cause, pkcs11js.CKR_PIN_LOCKED)) {
-          throw new HsmintError('ERR_PIN_LOCKED', 'the token has locked the user PIN', { cause });
-        }
-        if (!isCkr(cause, pkcs11js.CKR_USER_ALREADY_LOGGED_IN)) {
-          throw new HsmintError('ERR_HSM_UNAVAILABLE', `login failed: ${ckrName(cause)}`, {
-            cause,
-          });
-        }
+        return new Pkcs11Token(module, slot, anchor, options);
+      } catch (error) {
+        closeQuietly(() => anchor.logout());
+        closeQuietly(() => anchor.close());
+        throw error;
       }
-      return new Pkcs11Token(
-        module,
-        slot,
-        anchor,
-        Math.max(1, options.sessions),
-        options.modulePath,
-      );
     } catch (error) {
       finalizeQuietly(module);
       throw error;
     }
   }
 
+  /** The token as it was found when it was last opened. */
+  get info(): TokenInfo {
+    return this.current;
+  }
+
+  /** Open, or sealed with the reason and the way back. */
+  condition(): TokenCondition {
+    return this.seal.condition();
+  }
+
+  /**
+   * One re-open attempt now if the token is sealed (a reload asks for it; after a refused PIN
+   * it is the only try made). Resolves with the condition after it.
+   */
+  retryNow(): Promise<TokenCondition> {
+    return this.seal.retryNow();
+  }
+
+  /**
+   * Runs `hook` at each re-open, after the new login and before the token unseals: key stores
+   * find their objects' new handles there. A hook that throws fails the attempt.
+   */
+  onReopen(hook: () => Promise<void>): void {
+    this.reopenHooks.push(hook);
+  }
+
+  /** The logged-in anchor session; ERR_HSM_UNAVAILABLE while sealed. Prefer withAnchor. */
+  get anchor(): graphene.Session {
+    return this.usable().anchor;
+  }
+
+  /** Runs `use` on the anchor session; a device-level failure in it seals the token. */
+  async withAnchor<T>(use: (anchor: graphene.Session) => T | Promise<T>): Promise<T> {
+    const live = this.usable();
+    try {
+      return await use(live.anchor);
+    } catch (error) {
+      this.fail(error, false);
+      throw error;
+    }
+  }
+
   mechanisms(): Set<number> {
-    const list = this.slot.getMechanisms();
+    const list = this.usable().slot.getMechanisms();
     const types = new Set<number>();
     for (let i = 0; i < list.length; i++) types.add(list.items(i).type);
     return types;
   }
 
   /**
-   * Runs `work` on a pool session. Callers queue when every session is busy, so a token that
-   * takes one operation at a time is never asked for two.
+   * Runs `work` on a pool session. Callers queue when every session is busy, for at most the
+   * queue timeout (then ERR_HSM_BUSY), so a token that takes one operation at a time is never
+   * asked for two. Sealed, it fails at once with ERR_HSM_UNAVAILABLE.
    */
   async withSession<T>(work: (session: SessionHandle) => Promise<T>): Promise<T> {
-    if (this.closed) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
-    const session =
-      this.idle.pop() ??
-      (this.total < this.size ? this.openSession() : await this.waitForSession());
-    let replacement: SessionHandle | undefined;
+    const live = this.usable();
+    let session: SessionHandle;
+    try {
+      session = await live.pool.acquire();
+    } catch (error) {
+      this.fail(error, false);
+      throw error;
+    }
+    let how: SessionReturn = 'reuse';
     try {
       return await work(session);
     } catch (error) {
       const code = ckrCode(error);
-      if (code !== undefined && SESSION_LOST.has(code)) {
-        replacement = this.replaceSession(session);
-      }
+      if (isDeadline(error)) how = 'abandon';
+      else if (code !== undefined && (SESSION_LOST.has(code) || DEVICE_FAULTS.has(code)))
+        how = 'replace';
+      this.fail(error, false);
       throw error;
     } finally {
-      this.release(replacement ?? session);
+      live.pool.release(session, how);
     }
   }
 
   /**
-   * C_SignInit + C_Sign on a pool session, off the main thread (see sign-pool.ts). Call it
-   * inside withSession.
+   * C_SignInit + C_Sign on a pool session, off the main thread, under the call deadline (see
+   * sign-pool.ts). Call it inside withSession.
    */
   sign(
     session: SessionHandle,
@@ -236,87 +379,148 @@ export class Pkcs11Token {
     data: Buffer,
     length: number,
   ): Promise<Buffer> {
-    return this.signer.sign(session, mechanism, key, data, length);
+    return this.usable().signer.sign(session, mechanism, key, data, length);
   }
 
   /** Resolves when a pool session can be had and the module answers on it (see SignPool.probe). */
   probe(): Promise<void> {
-    return this.withSession((session) => this.signer.probe(session));
+    return this.withSession((session) => this.usable().signer.probe(session));
+  }
+
+  /**
+   * Seals the token for `error` when it is a device-level failure or a missed deadline, or
+   * whatever it is when `retried` says a fresh session and fresh handles failed as well.
+   */
+  fail(error: unknown, retried = true): void {
+    if (this.closed) return;
+    const code = ckrCode(error);
+    const ckr = ckrName(error);
+    if (isDeadline(error)) {
+      this.seal.seal({
+        reason: `${(error as Error).message}; waiting for it to return (a restart clears it)`,
+        recovery: 'restart',
+      });
+    } else if (
+      code !== undefined &&
+      (DEVICE_FAULTS.has(code) || (retried && RETRY_ONCE.has(code)))
+    ) {
+      this.seal.seal({
+        reason: retried && !DEVICE_FAULTS.has(code) ? `${ckr} again on a fresh session` : `${ckr}`,
+        ...(ckr === undefined ? {} : { ckr }),
+        recovery: 'automatic',
+      });
+    }
   }
 
   /** The signing pool now: what is open, what is busy, what waits (for metrics). */
   sessionUse(): SessionUse {
-    return {
-      open: this.total,
-      busy: this.total - this.idle.length,
-      limit: this.size,
-      waiting: this.waiters.length,
-    };
+    return this.live?.pool.use() ?? { open: 0, busy: 0, limit: this.size, waiting: 0 };
   }
 
   /** Waits for signatures in flight, then logs out and finalizes the module. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.signer.close();
-    for (const session of this.idle.splice(0)) closeQuietly(() => this.lib.C_CloseSession(session));
-    const error = new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
-    for (const waiter of this.waiters.splice(0)) waiter.reject(error);
-    closeQuietly(() => this.anchor.logout());
-    closeQuietly(() => this.anchor.close());
-    finalizeQuietly(this.module);
+    this.seal.close();
+    await this.disconnect(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed'));
   }
 
-  private waitForSession(): Promise<SessionHandle> {
-    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  private usable(): Live {
+    if (this.closed) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
+    if (this.live && (!this.seal.sealed || this.reopening)) return this.live;
+    const reason = this.seal.condition().reason ?? 'it is being re-opened';
+    throw new HsmintError('ERR_HSM_UNAVAILABLE', `the token is sealed: ${reason}`);
   }
 
-  private openSession(): SessionHandle {
-    const session = this.lib.C_OpenSession(
-      this.slot.handle,
-      pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION,
-    );
-    this.total++;
-    return session;
+  private stranded(): number {
+    let calls = this.live?.signer.stranded ?? 0;
+    for (const signer of this.retired) calls += signer.stranded;
+    return calls;
   }
 
-  /** Closes a broken session and opens a fresh one; if that fails the pool shrinks and refills later. */
-  private replaceSession(broken: SessionHandle): SessionHandle | undefined {
-    closeQuietly(() => this.lib.C_CloseSession(broken));
-    this.total--;
+  /** A fresh pool and signers on a logged-in anchor. */
+  private connect(slot: graphene.Slot, anchor: graphene.Session): Live {
+    const pool = new SessionPool<SessionHandle>({
+      size: this.size,
+      queueTimeoutMs: this.queueTimeoutMs,
+      open: () =>
+        this.lib.C_OpenSession(slot.handle, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION),
+      close: (session) => this.lib.C_CloseSession(session),
+    });
+    pool.fill();
+    const signer = new SignPool({
+      modulePath: this.options.modulePath,
+      // No more threads than sessions: a token that takes one operation at a time gets one.
+      size: Math.min(this.size, availableParallelism()),
+      lib: this.lib,
+      callTimeoutMs: this.callTimeoutMs,
+      inline: this.inline,
+      onInline: () => {
+        this.inline = true;
+        this.options.onEvent?.({ event: 'token.sign_inline' });
+      },
+    });
+    return { slot, anchor, pool, signer };
+  }
+
+  /**
+   * Stops the pool and signers, logs out, and finalizes the module; not a call more into a
+   * module that has a call stranded in it (it would hang as well).
+   */
+  private async disconnect(error: HsmintError): Promise<void> {
+    const live = this.live;
+    this.live = undefined;
+    if (live) {
+      live.pool.stop(error);
+      await live.signer.close();
+      if (live.signer.stranded > 0) this.retired.push(live.signer);
+    }
+    if (this.stranded() > 0) return;
+    if (live) {
+      closeQuietly(() => live.anchor.logout());
+      closeQuietly(() => live.anchor.close());
+    }
+    // Finalized once: a second C_Finalize is an error, and some modules complain on stderr.
+    if (this.initialized) {
+      finalizeQuietly(this.module);
+      this.initialized = false;
+    }
+  }
+
+  /**
+   * One re-open (recovery.ts calls it, never while a call is in the module): finalize,
+   * initialize, find the token again (its slot may have changed; its serial must not), log in
+   * with the PIN read again, fresh sessions and signers, then the hooks reload key handles.
+   */
+  private async reopen(): Promise<void> {
+    await this.disconnect(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is sealed'));
+    this.retired.splice(0);
     try {
-      return this.openSession();
-    } catch {
-      return undefined;
-    }
-  }
-
-  private release(lost: SessionHandle | undefined): void {
-    let session = lost;
-    if (session === undefined) {
-      if (this.waiters.length === 0) return;
-      try {
-        session = this.openSession();
-      } catch (cause) {
-        // No session could be had: fail the queue now rather than leave callers hanging.
-        if (this.total === 0) {
-          const error = new HsmintError(
-            'ERR_HSM_UNAVAILABLE',
-            'no session can be opened on the token',
-            { cause },
-          );
-          for (const waiter of this.waiters.splice(0)) waiter.reject(error);
-        }
-        return;
+      initialize(this.module);
+      this.initialized = true;
+      const slot = findSlot(this.module, this.options.selector);
+      const info = tokenInfoOf(slot);
+      if (info.serial !== this.current.serial) {
+        throw new HsmintError(
+          'ERR_HSM_TOKEN_NOT_FOUND',
+          `the token answering now has serial ${info.serial}, not ${this.current.serial}`,
+        );
       }
+      const pin = this.options.readPin ? await this.options.readPin() : this.options.pin;
+      if (this.closed) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
+      this.live = this.connect(slot, logIn(slot, pin));
+      this.current = info;
+      this.reopening = true;
+      for (const hook of this.reopenHooks) {
+        await hook();
+        if (this.closed) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
+      }
+    } catch (error) {
+      await this.disconnect(new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is sealed'));
+      throw error;
+    } finally {
+      this.reopening = false;
     }
-    if (this.closed) {
-      closeQuietly(() => this.lib.C_CloseSession(session));
-      return;
-    }
-    const next = this.waiters.shift();
-    if (next) next.resolve(session);
-    else this.idle.push(session);
   }
 }
 

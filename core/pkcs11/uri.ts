@@ -129,9 +129,15 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
         if (!TYPES.has(value)) throw invalid(uri, `unknown type "${value}"`);
         result.type = value as NonNullable<Pkcs11Uri['type']>;
         break;
-      case 'pin-source':
-        result.pinSource = value.startsWith('file:') ? value.slice('file:'.length) : value;
+      case 'pin-source': {
+        // RFC 7512 lets pin-source be any URI; hsmint reads a file and nothing else (a
+        // "|command" or another scheme would run or fetch something to get a secret).
+        const path = value.startsWith('file:') ? value.slice('file:'.length) : value;
+        if (path === '' || path.startsWith('|') || /^[A-Za-z][A-Za-z0-9+.-]*:/.test(path))
+          throw invalid(uri, '"pin-source" must be a file path or a file: URI');
+        result.pinSource = path;
         break;
+      }
       case 'module-path':
         result.modulePath = value;
         break;
@@ -148,6 +154,16 @@ export function parseTokenReference(reference: string): Pkcs11Uri {
     const uri = parsePkcs11Uri(reference);
     if (!uri.token && !uri.serial) {
       throw invalid(reference, 'a token URI needs "token" (the label) or "serial"');
+    }
+    // Ignoring them would let a config look as if it pinned a key that hsmint never uses.
+    const objectAttributes = (['object', 'id', 'type'] as const).filter(
+      (name) => uri[name] !== undefined,
+    );
+    if (objectAttributes.length > 0) {
+      throw invalid(
+        reference,
+        `"${objectAttributes.join('", "')}" names a key, but this URI names the token (hsmint finds its own keys by their hsmint-... labels)`,
+      );
     }
     return uri;
   }

@@ -99,18 +99,35 @@ describe('hsmintd start-up', () => {
     }
   });
 
-  it('reports a wrong PIN without logging either PIN', async () => {
+  it('stays up sealed on a wrong PIN, says why without logging either PIN, and opens on a reload', async () => {
     const { readFile } = await import('node:fs/promises');
     const real = await readFile(token.pinFile, 'utf8');
     await writeFile(token.pinFile, '000000000000\n', { mode: 0o600 });
+    let daemon: Awaited<ReturnType<typeof startDaemon>> | undefined;
     try {
-      const result = await failedStart(token.config);
-      expect(result.code).toBe(1);
-      expect(startFailure(result.lines)?.['code']).toBe('ERR_PIN_INCORRECT');
-      const text = JSON.stringify(result.lines);
+      // Exiting would let systemd restart it into the same PIN, each try nearer the lock-out.
+      daemon = await startDaemon(token);
+      const health = await daemon.client.health();
+      expect(health.status).toBe('sealed');
+      expect(health.reason).toContain('wrong PIN');
+      await expect(daemon.client.mint({ aud: 'api' })).rejects.toMatchObject({
+        code: 'ERR_HSM_UNAVAILABLE',
+      });
+      const sealed = daemon.logs().find((line) => line['event'] === 'token.sealed');
+      expect(sealed?.['code']).toBe('ERR_PIN_INCORRECT');
+
+      await writeFile(token.pinFile, real, { mode: 0o600 });
+      daemon.process.kill('SIGHUP');
+      const deadline = Date.now() + 10_000;
+      while ((await daemon.client.health()).status !== 'ok' && Date.now() < deadline)
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      expect((await daemon.client.health()).status).toBe('ok');
+      await daemon.client.mint({ aud: 'api' });
+      const text = daemon.output();
       expect(text).not.toContain('000000000000');
       expect(text).not.toContain(real.trim());
     } finally {
+      await daemon?.stop();
       await writeFile(token.pinFile, real, { mode: 0o600 });
     }
   });

@@ -65,6 +65,8 @@ describe('parseConfig', () => {
         pinFile: '/etc/hsmint/pin',
         sessions: undefined,
         environment: {},
+        queueTimeout: 2,
+        callTimeout: 2,
       },
       keys: {
         algorithm: 'ES256',
@@ -153,6 +155,8 @@ describe('parseConfig', () => {
         '  sessions: 8',
         '  environment:',
         '    SOFTHSM2_CONF: /etc/softhsm2.conf',
+        '  queue_timeout: 5s',
+        '  call_timeout: 30s',
         'keys:',
         '  algorithm: PS256',
         '  rsa_bits: 4096',
@@ -202,6 +206,8 @@ describe('parseConfig', () => {
       pinFile: '/etc/hsmint/pin',
       sessions: 8,
       environment: { SOFTHSM2_CONF: '/etc/softhsm2.conf' },
+      queueTimeout: 5,
+      callTimeout: 30,
     });
     expect(config.keys).toEqual({
       algorithm: 'PS256',
@@ -402,6 +408,40 @@ describe('parseConfig', () => {
     it('a missing pin_file without pin-source in the URI', () => {
       expectInvalid(MINIMAL.replace('  pin_file: pin\n', ''), 'hsm.pin_file', 3);
     });
+
+    it.each([
+      ['queue_timeout', '2m'],
+      ['queue_timeout', '500'],
+      ['call_timeout', '6m'],
+    ])('hsm.%s %s', (key, value) => {
+      expectInvalid(
+        MINIMAL.replace('  pin_file: pin', `  pin_file: pin\n  ${key}: ${value}`),
+        `hsm.${key}`,
+        5,
+      );
+    });
+
+    it.each(['object=sig-1', 'id=%01', 'type=private'])(
+      'a token URI that also names a key (%s)',
+      (attribute) => {
+        expectInvalid(
+          MINIMAL.replace('token: hsmint', `token: "pkcs11:token=hsmint;${attribute}"`),
+          'hsm.token',
+          3,
+        );
+      },
+    );
+
+    it.each(['|/usr/bin/pin-helper', 'https://pins.example/pin', 'file:'])(
+      'a pin-source that is not a file (%s)',
+      (source) => {
+        expectInvalid(
+          MINIMAL.replace('token: hsmint', `token: "pkcs11:token=hsmint?pin-source=${source}"`),
+          'hsm.token',
+          3,
+        );
+      },
+    );
 
     it('an environment variable name that is not one', () => {
       expectInvalid(
