@@ -2,7 +2,7 @@
 // Makes a fresh clone ready: system packages (SoftHSM, a C++ toolchain for the pkcs11js
 // addon) and npm dependencies. Plain Node, no dependencies: it runs before `npm install`.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -17,17 +17,36 @@ if (major < 20) {
 
 function softhsmModule() {
   const profile = readFileSync(join(root, 'hsm-profiles', 'softhsm.yaml'), 'utf8');
-  const candidates = [...profile.matchAll(/^\s+-\s+(\/\S+\.so)/gm)].map((m) => m[1]);
+  // module_candidates entries read `- { path: /usr/lib/..., distro: ... }`.
+  const candidates = [...profile.matchAll(/\bpath:\s*(\/[^\s,}]+\.so)/g)].map((m) => m[1]);
   return candidates.find((path) => existsSync(path));
 }
 
 const onPath = (tool) =>
   spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status === 0;
 
+/** A PKCS#11 module in the system's module folder (/usr/lib/<multiarch>/pkcs11 on Debian). */
+function systemModule(name) {
+  const folders = ['/usr/lib/pkcs11', '/usr/lib64/pkcs11', '/usr/lib'];
+  for (const entry of existsSync('/usr/lib') ? readdirSync('/usr/lib') : [])
+    if (entry.endsWith('-linux-gnu'))
+      folders.push(join('/usr/lib', entry, 'pkcs11'), join('/usr/lib', entry));
+  return folders.some((folder) => existsSync(join(folder, name)));
+}
+
 const missing = [];
 if (!softhsmModule()) missing.push('softhsm2');
 if (!onPath('g++') || !onPath('make')) missing.push('build-essential');
 if (!onPath('python3')) missing.push('python3');
+// `npm test` (--tests) also needs what the tests drive: systemd-analyze and
+// systemd-socket-activate, p11-kit's server and client module (a token that goes away), and
+// OpenSC's pkcs11-spy (counting logins).
+if (process.argv.includes('--tests')) {
+  if (!onPath('systemd-analyze') || !onPath('systemd-socket-activate')) missing.push('systemd');
+  if (!onPath('p11-kit')) missing.push('p11-kit');
+  if (!systemModule('p11-kit-client.so')) missing.push('p11-kit-modules');
+  if (!systemModule('pkcs11-spy.so')) missing.push('opensc-pkcs11');
+}
 
 if (missing.length > 0) {
   const command = `apt-get install -y ${missing.join(' ')}`;
