@@ -13,7 +13,8 @@ import {
   type PublicJwk,
   type SessionUse,
 } from '../keys/keystore.js';
-import { ckrCode, ckrName, RETRY_ONCE, type Pkcs11Token } from './token.js';
+import { nextFreeSlot, slotOfId, type PivLayout, type PivSlotUse } from './piv.js';
+import { ckrCode, ckrName, PIN_REFUSED, RETRY_ONCE, type Pkcs11Token } from './token.js';
 
 /** Ed25519 mechanisms are PKCS#11 3.0; pkcs11js 2.1 does not name them yet. */
 const CKM_EC_EDWARDS_KEY_PAIR_GEN = 0x1055;
@@ -104,7 +105,14 @@ interface LoadedKey {
   privateKey: Buffer;
   /** Exact output size, so the binding never allocates or truncates. */
   signatureLength: number;
+  /** CKA_ALWAYS_AUTHENTICATE: each signature needs a context-specific login. */
+  alwaysAuthenticate: boolean;
+  /** The PIV slot it is in, on a piv-slot token. */
+  slot?: PivSlotUse;
 }
+
+/** A PIV key carries no creation time; the lifecycle state keeps when hsmint made it. */
+const UNKNOWN_CREATION = new Date(0);
 
 export interface Pkcs11KeyStoreOptions {
   rsaBits?: RsaKeySize;
@@ -112,6 +120,16 @@ export interface Pkcs11KeyStoreOptions {
   now?: () => Date;
   /** Signing keys (default) or the internal CA's keys: a store sees only its own kind. */
   purpose?: KeyPurpose;
+  /**
+   * A PIV token (profile objects.naming piv-slot): keys are found and made by slot CKA_ID in
+   * these slots, not by label (see piv.ts).
+   */
+  piv?: PivLayout;
+  /**
+   * What an RSA key found in a PIV slot signs with: the slot says nothing of the padding.
+   * The configured algorithm when it is RSA; RS256 otherwise.
+   */
+  rsaAlgorithm?: 'RS256' | 'PS256';
 }
 
 /**
@@ -124,6 +142,15 @@ export class Pkcs11KeyStore implements KeyStore {
   private readonly rsaBits: RsaKeySize;
   private readonly now: () => Date;
   private readonly purpose: KeyPurpose;
+  private readonly piv: PivLayout | undefined;
+  private readonly rsaAlgorithm: 'RS256' | 'PS256';
+  /**
+   * PIV slots whose key hsmint destroyed but the device would not delete: no longer listed,
+   * and free for the next key, which overwrites it. Kept in memory only.
+   */
+  private readonly givenUp = new Set<number>();
+  /** When this process made each PIV key (the device keeps no such time). */
+  private readonly madeAt = new Map<number, Date>();
 
   constructor(
     private readonly token: Pkcs11Token,
@@ -132,6 +159,8 @@ export class Pkcs11KeyStore implements KeyStore {
     this.purpose = options.purpose ?? 'signing';
     this.rsaBits = options.rsaBits ?? 3072;
     this.now = options.now ?? (() => new Date());
+    this.piv = options.piv;
+    this.rsaAlgorithm = options.rsaAlgorithm ?? 'RS256';
     // After a re-open every object handle is new: find the keys again (by label) before the
     // token takes work.
     token.onReopen(async () => {
@@ -173,19 +202,32 @@ export class Pkcs11KeyStore implements KeyStore {
         label: string;
         id: Buffer;
       };
-      const parsed = parseKeyLabel(label, this.purpose);
-      if (!parsed || !id) continue;
+      if (!id) continue;
       const publicKey = session
         .find({ class: graphene.ObjectClass.PUBLIC_KEY, token: true, id })
         .items(0);
       if (!publicKey) continue;
-      const loaded = await this.describe(
-        parsed.alg,
-        label,
-        parsed.createdAt,
-        publicKey,
-        privateKey.handle,
-      );
+      let loaded: LoadedKey;
+      if (this.piv) {
+        const slot = slotOfId(this.piv, id);
+        if (!slot || this.givenUp.has(slot.ckaId)) continue;
+        const alg = this.algorithmOf(publicKey);
+        if (!alg) continue;
+        const createdAt = this.madeAt.get(slot.ckaId) ?? UNKNOWN_CREATION;
+        loaded = await this.describe(alg, label, createdAt, publicKey, privateKey.handle);
+        loaded.slot = slot;
+      } else {
+        const parsed = parseKeyLabel(label, this.purpose);
+        if (!parsed) continue;
+        loaded = await this.describe(
+          parsed.alg,
+          label,
+          parsed.createdAt,
+          publicKey,
+          privateKey.handle,
+        );
+      }
+      loaded.alwaysAuthenticate = alwaysAuthenticate(privateKey);
       next.set(loaded.info.kid, loaded);
     }
     this.keys.clear();
@@ -202,6 +244,7 @@ export class Pkcs11KeyStore implements KeyStore {
     alg: Algorithm,
     options: { label?: string; sessionOnly?: boolean } = {},
   ): Promise<KeyInfo> {
+    if (this.piv) return this.generateInSlot(alg, this.piv);
     const scheme = SCHEMES[alg];
     const parsed =
       options.label === undefined ? undefined : parseKeyLabel(options.label, this.purpose);
@@ -238,28 +281,134 @@ export class Pkcs11KeyStore implements KeyStore {
       derive: false,
     };
     const loaded = await this.token.withAnchor(async (session) => {
-      let pair: graphene.IKeyPair;
-      try {
-        pair = session.generateKeyPair(
-          scheme.keyGen as graphene.MechanismEnum,
-          publicTemplate,
-          privateTemplate,
-        );
-      } catch (cause) {
-        // A dead device is not an unsupported algorithm: the token seals on it, and says so.
-        this.token.fail(cause, false);
-        if (this.token.condition().status !== 'open')
-          throw this.unavailable('generating a key', cause);
-        throw new HsmintError(
-          'ERR_ALG_UNSUPPORTED',
-          `the token could not generate an ${alg} key: ${ckrName(cause) ?? 'error'}`,
-          { cause },
-        );
-      }
+      const pair = this.generatePair(session, alg, publicTemplate, privateTemplate);
       return this.describe(alg, label, createdAt, pair.publicKey, pair.privateKey.handle);
     });
     this.keys.set(loaded.info.kid, loaded);
     return loaded.info;
+  }
+
+  /**
+   * A PIV key: in the first free slot of the store's (see nextFreeSlot), with the slot's CKA_ID,
+   * its label where the token keeps labels, and CKA_ALWAYS_AUTHENTICATE where the profile says
+   * hsmint sets it. The caller's label is not written: PIV keys are found by slot.
+   */
+  private async generateInSlot(alg: Algorithm, piv: PivLayout): Promise<KeyInfo> {
+    if (!piv.algorithms.includes(alg)) {
+      throw new HsmintError(
+        'ERR_ALG_UNSUPPORTED',
+        `the token's profile does not support ${alg} (it supports ${piv.algorithms.join(', ')})`,
+      );
+    }
+    if (!this.loaded) await this.reload();
+    const scheme = SCHEMES[alg];
+    const loaded = await this.token.withAnchor(async (session) => {
+      const occupied = new Set<number>();
+      const found = session.find({ class: graphene.ObjectClass.PRIVATE_KEY, token: true });
+      for (let i = 0; i < found.length; i++) {
+        const id = found.items(i).getAttribute('id') as Buffer | undefined;
+        if (id?.length === 1) occupied.add(id[0]!);
+      }
+      const slot = nextFreeSlot(piv, occupied, this.givenUp);
+      if (!slot) {
+        throw new HsmintError(
+          'ERR_HSM_UNAVAILABLE',
+          `every PIV slot hsmint may use (${piv.slots.map((entry) => entry.slot).join(', ')}) holds a key in use; destroy or revoke one`,
+        );
+      }
+      const id = Buffer.from([slot.ckaId]);
+      // A key hsmint gave up that the device would not delete: the new one replaces it (a
+      // YubiKey overwrites the slot by itself; SoftHSM would keep both under one CKA_ID).
+      if (occupied.has(slot.ckaId)) destroyObjects(session, id, () => undefined);
+      const common = {
+        token: true,
+        id,
+        keyType: scheme.keyType,
+        ...(piv.labelsKept ? { label: slot.label } : {}),
+      };
+      const publicTemplate: graphene.ITemplate = {
+        ...common,
+        class: graphene.ObjectClass.PUBLIC_KEY,
+        verify: true,
+        ...(scheme.family === 'rsa'
+          ? { modulusBits: this.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }
+          : { paramsEC: scheme.ecParams ?? null }),
+      };
+      const privateTemplate: graphene.ITemplate = {
+        ...common,
+        class: graphene.ObjectClass.PRIVATE_KEY,
+        private: true,
+        sensitive: true,
+        extractable: false,
+        sign: true,
+        ...(slot.setAlwaysAuthenticate ? { alwaysAuth: true } : {}),
+      };
+      const pair = this.generatePair(session, alg, publicTemplate, privateTemplate);
+      const createdAt = this.now();
+      const label = (pair.privateKey.getAttribute('label') as string | undefined) ?? slot.label;
+      const described = await this.describe(
+        alg,
+        label,
+        createdAt,
+        pair.publicKey,
+        pair.privateKey.handle,
+      );
+      described.slot = slot;
+      described.alwaysAuthenticate = alwaysAuthenticate(pair.privateKey);
+      this.givenUp.delete(slot.ckaId);
+      this.madeAt.set(slot.ckaId, createdAt);
+      return described;
+    });
+    this.keys.set(loaded.info.kid, loaded);
+    return loaded.info;
+  }
+
+  private generatePair(
+    session: graphene.Session,
+    alg: Algorithm,
+    publicTemplate: graphene.ITemplate,
+    privateTemplate: graphene.ITemplate,
+  ): graphene.IKeyPair {
+    try {
+      return session.generateKeyPair(
+        SCHEMES[alg].keyGen as graphene.MechanismEnum,
+        publicTemplate,
+        privateTemplate,
+      );
+    } catch (cause) {
+      // A dead device is not an unsupported algorithm: the token seals on it, and says so.
+      this.token.fail(cause, false);
+      if (this.token.condition().status !== 'open')
+        throw this.unavailable('generating a key', cause);
+      throw new HsmintError(
+        'ERR_ALG_UNSUPPORTED',
+        `the token could not generate an ${alg} key: ${ckrName(cause) ?? 'error'}`,
+        { cause },
+      );
+    }
+  }
+
+  /** The PIV slot a key is in (`9c`, `82`...); undefined on a label-naming token. */
+  slotOf(kid: string): string | undefined {
+    return this.keys.get(kid)?.slot?.slot;
+  }
+
+  /** Whether each signature with the key needs a context-specific login (CKA_ALWAYS_AUTHENTICATE). */
+  needsContextLogin(kid: string): boolean {
+    const key = this.keys.get(kid);
+    if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
+    return key.alwaysAuthenticate;
+  }
+
+  /** What the JWS algorithm of a key in a PIV slot is, from its public key; undefined if none. */
+  private algorithmOf(publicKey: graphene.SessionObject): Algorithm | undefined {
+    const { keyType } = publicKey.getAttribute({ keyType: null }) as { keyType: number };
+    if (keyType === pkcs11js.CKK_RSA) return this.rsaAlgorithm;
+    if (keyType !== pkcs11js.CKK_EC && keyType !== CKK_EC_EDWARDS) return undefined;
+    const params = publicKey.getAttribute(pkcs11js.CKA_EC_PARAMS);
+    return (['ES256', 'ES384', 'EdDSA'] as const).find(
+      (alg) => SCHEMES[alg].keyType === keyType && params.equals(SCHEMES[alg].ecParams!),
+    );
   }
 
   async sign(kid: string, signingInput: Buffer): Promise<Buffer> {
@@ -291,7 +440,14 @@ export class Pkcs11KeyStore implements KeyStore {
       ? createHash(scheme.prehash).update(signingInput).digest()
       : signingInput;
     return this.token.withSession((session) =>
-      this.token.sign(session, scheme.sign, key.privateKey, data, key.signatureLength),
+      this.token.sign(
+        session,
+        scheme.sign,
+        key.privateKey,
+        data,
+        key.signatureLength,
+        key.alwaysAuthenticate,
+      ),
     );
   }
 
@@ -302,6 +458,20 @@ export class Pkcs11KeyStore implements KeyStore {
   private unavailable(what: string, cause: unknown): HsmintError {
     if (cause instanceof HsmintError) return cause;
     const ckr = ckrName(cause) ?? 'unknown error';
+    const code = ckrCode(cause);
+    if (code !== undefined && PIN_REFUSED.has(code)) {
+      // The token has sealed until an admin fixes the PIN file; the caller hears it is down.
+      const refusal = new HsmintError(
+        code === pkcs11js.CKR_PIN_LOCKED ? 'ERR_PIN_LOCKED' : 'ERR_PIN_INCORRECT',
+        'the token refused the PIN in the context-specific login',
+        { cause },
+      );
+      return new HsmintError(
+        'ERR_HSM_UNAVAILABLE',
+        `${what} failed: the token refused the PIN (${ckr})`,
+        { cause: refusal, details: { ckr } },
+      );
+    }
     return new HsmintError('ERR_HSM_UNAVAILABLE', `${what} failed: ${ckr}`, {
       cause,
       details: { ckr },
@@ -316,6 +486,18 @@ export class Pkcs11KeyStore implements KeyStore {
       const id = session.getObject<graphene.PrivateKey>(key.privateKey)?.getAttribute('id') as
         Buffer | undefined;
       if (!id) throw new HsmintError('ERR_KEY_NOT_FOUND', `key ${kid} vanished from the token`);
+      const slot = key.slot;
+      if (slot) {
+        // The slot's objects (a YubiKey adds a certificate); a device that will not delete a
+        // key leaves it in the slot, given up, for the next key to overwrite.
+        destroyObjects(session, id, (cause) => {
+          this.token.fail(cause, false);
+          if (this.token.condition().status !== 'open')
+            throw this.unavailable(`destroying ${kid}`, cause);
+          this.givenUp.add(slot.ckaId);
+        });
+        return;
+      }
       // By the random id alone, so that session-only keys are destroyed too.
       for (const cls of [graphene.ObjectClass.PRIVATE_KEY, graphene.ObjectClass.PUBLIC_KEY]) {
         const objects = session.find({ class: cls, id });
@@ -421,7 +603,38 @@ export class Pkcs11KeyStore implements KeyStore {
     }
     const kid = await calculateJwkThumbprint(jwk, 'sha256');
     const publicJwk: PublicJwk = { ...jwk, kid, alg, use: 'sig' };
-    return { info: { kid, alg, label, createdAt, publicJwk }, privateKey, signatureLength };
+    return {
+      info: { kid, alg, label, createdAt, publicJwk },
+      privateKey,
+      signatureLength,
+      alwaysAuthenticate: false,
+    };
+  }
+}
+
+/** CKA_ALWAYS_AUTHENTICATE of a private key; a token that does not know it asks no login. */
+function alwaysAuthenticate(privateKey: graphene.SessionObject): boolean {
+  try {
+    const value = privateKey.getAttribute(pkcs11js.CKA_ALWAYS_AUTHENTICATE);
+    return value.length > 0 && value[0] !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/** Destroys every object with CKA_ID `id`; `refused` hears each one the token would not. */
+function destroyObjects(
+  session: graphene.Session,
+  id: Buffer,
+  refused: (cause: unknown) => void,
+): void {
+  const objects = session.find({ id });
+  for (let i = 0; i < objects.length; i++) {
+    try {
+      objects.items(i).destroy();
+    } catch (cause) {
+      refused(cause);
+    }
   }
 }
 

@@ -15,7 +15,14 @@
  *
  * Every call has a deadline. A call past it is given up on: its worker is terminated (the
  * thread only ends once the call returns, if ever) and the call counts as stranded until then,
- * so that the token layer knows not to finalize the module under it.
+ * so that the token layer knows not to finalize the module under it. On a device whose keys can
+ * wait for a touch, a signature has the profile's longer deadline, and missing it says so.
+ *
+ * A key with CKA_ALWAYS_AUTHENTICATE (PIV slot 9c) wants C_Login(CKU_CONTEXT_SPECIFIC, PIN)
+ * between C_SignInit and C_Sign, on the same session, so the worker needs the PIN. Posting it
+ * copies it into the worker's heap; the main thread holds it already (it logs in again after
+ * a fault), and the worker is a thread of the same process, so no one new can read it. Only
+ * such signatures carry it: every other job travels without a PIN.
  */
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
@@ -39,6 +46,8 @@ interface PostedJob {
   mechanism?: pkcs11js.Mechanism;
   data?: Buffer;
   length?: number;
+  /** The PIN for the context-specific login; only for keys that ask for one. */
+  contextPin?: string;
 }
 
 interface Thread {
@@ -73,6 +82,7 @@ function signWorkerMain(): void {
       mechanism: unknown;
       data: Uint8Array;
       length: number;
+      contextPin?: string;
     }) => {
       try {
         const session = asBuffer(job.session);
@@ -82,6 +92,8 @@ function signWorkerMain(): void {
           return;
         }
         lib.C_SignInit(session, job.mechanism, asBuffer(job.key));
+        if (job.contextPin !== undefined)
+          lib.C_Login(session, pkcs11.CKU_CONTEXT_SPECIFIC, job.contextPin);
         const signature = lib.C_Sign(session, asBuffer(job.data), Buffer.alloc(job.length));
         parentPort.postMessage({ id: job.id, signature });
       } catch (error) {
@@ -105,6 +117,18 @@ function deadlineError(what: string, ms: number): HsmintError {
   });
 }
 
+/**
+ * A signature on a device whose keys can wait for a touch, past the profile's deadline: most
+ * likely no one touched the key. Still a deadline: the session stays with the stranded call.
+ */
+function touchTimeoutError(ms: number, hint: string): HsmintError {
+  return new HsmintError(
+    'ERR_HSM_TOUCH_TIMEOUT',
+    `the signature did not complete within ${ms} ms: ${hint}`,
+    { details: { deadline: true, touch: true } },
+  );
+}
+
 export function isDeadline(error: unknown): boolean {
   return error instanceof HsmintError && error.details?.['deadline'] === true;
 }
@@ -117,6 +141,12 @@ export interface SignPoolOptions {
   lib: pkcs11js.PKCS11;
   /** How long one call may take before it is given up on (ms). */
   callTimeoutMs: number;
+  /**
+   * For devices whose keys can wait for a touch: how long a signature may take (the profile's
+   * sign_timeout_ms), and the words that tell the operator to touch the key. A signature past
+   * it fails with ERR_HSM_TOUCH_TIMEOUT; probes keep callTimeoutMs.
+   */
+  touch?: { signTimeoutMs: number; hint: string };
   /** Start on the main thread (a previous pool found that workers cannot share the module). */
   inline?: boolean;
   /** Told once when the pool moves to the main thread. */
@@ -148,7 +178,8 @@ export class SignPool {
    * C_SignInit + C_Sign on `session`. The caller holds the session (one operation per session
    * at a time); a PKCS#11 failure rejects with an Error whose message carries the CKR name and
    * code, as pkcs11js writes it, so ckrCode() reads it the same. Past the deadline it rejects
-   * with deadlineError.
+   * with deadlineError (touchTimeoutError on a touch device). `contextPin` is for keys with
+   * CKA_ALWAYS_AUTHENTICATE: the context-specific login between C_SignInit and C_Sign.
    */
   sign(
     session: Buffer,
@@ -156,8 +187,17 @@ export class SignPool {
     key: Buffer,
     data: Buffer,
     length: number,
+    contextPin?: string,
   ): Promise<Buffer> {
-    return this.post({ op: 'sign', session, key, mechanism, data, length });
+    return this.post({
+      op: 'sign',
+      session,
+      key,
+      mechanism,
+      data,
+      length,
+      ...(contextPin === undefined ? {} : { contextPin }),
+    });
   }
 
   /**
@@ -175,7 +215,7 @@ export class SignPool {
     const thread = this.leastBusy();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.strand(thread, id), this.options.callTimeoutMs);
+      const timer = setTimeout(() => this.strand(thread, id), this.deadlineOf(message));
       thread.jobs.set(id, { resolve, reject, message, timer });
       thread.worker.postMessage({ id, ...message });
     });
@@ -186,7 +226,7 @@ export class SignPool {
     const job = thread.jobs.get(id);
     if (!job) return;
     thread.jobs.delete(id);
-    job.reject(deadlineError(this.describe(job.message), this.options.callTimeoutMs));
+    job.reject(this.missed(job.message));
     this.forget(thread, new HsmintError('ERR_HSM_UNAVAILABLE', 'a signing thread was given up'));
     this.strandedCalls++;
     thread.worker.once('exit', () => this.strandedCalls--);
@@ -195,6 +235,18 @@ export class SignPool {
 
   private describe(message: PostedJob): string {
     return message.op === 'sign' ? 'a signature on the token' : 'a probe of the token';
+  }
+
+  private deadlineOf(message: PostedJob): number {
+    const touch = this.options.touch;
+    return message.op === 'sign' && touch ? touch.signTimeoutMs : this.options.callTimeoutMs;
+  }
+
+  /** The error of `message` given up on at its deadline. */
+  private missed(message: PostedJob): HsmintError {
+    const touch = this.options.touch;
+    if (message.op === 'sign' && touch) return touchTimeoutError(touch.signTimeoutMs, touch.hint);
+    return deadlineError(this.describe(message), this.options.callTimeoutMs);
   }
 
   /** On the main thread: C_SignInit in line, C_Sign on libuv's pool, both under the deadline. */
@@ -207,6 +259,8 @@ export class SignPool {
         return Promise.resolve(Buffer.alloc(0));
       }
       lib.C_SignInit(message.session, message.mechanism!, message.key!);
+      if (message.contextPin !== undefined)
+        lib.C_Login(message.session, pkcs11js.CKU_CONTEXT_SPECIFIC, message.contextPin);
       call = lib.C_SignAsync(message.session, message.data!, Buffer.alloc(message.length!));
     } catch (error) {
       return Promise.reject(error as Error);
@@ -224,8 +278,8 @@ export class SignPool {
         late = true;
         this.strandedCalls++;
         this.inlineJobs.delete(call);
-        reject(deadlineError(this.describe(message), this.options.callTimeoutMs));
-      }, this.options.callTimeoutMs);
+        reject(this.missed(message));
+      }, this.deadlineOf(message));
     });
     // The losing side of the race must not surface as an unhandled rejection.
     settled.catch(() => undefined);

@@ -52,6 +52,11 @@ export interface OpenTokenOptions {
   onEvent?: (event: TokenEvent) => void;
   /** The re-open back-off; recovery.ts has the default (0.5 s doubling to 30 s). */
   backoff?: Backoff;
+  /**
+   * For devices whose keys can wait for a touch (the profile's touch policies): a signature's
+   * deadline and the hint its ERR_HSM_TOUCH_TIMEOUT gives. Without it, callTimeoutMs holds.
+   */
+  touch?: { signTimeoutMs: number; hint: string };
 }
 
 /**
@@ -85,6 +90,12 @@ export const RETRY_ONCE = new Set([
   pkcs11js.CKR_OBJECT_HANDLE_INVALID,
   pkcs11js.CKR_KEY_HANDLE_INVALID,
 ]);
+
+/**
+ * A refused PIN in a context-specific login (a key with CKA_ALWAYS_AUTHENTICATE): each try
+ * costs one of the token's PIN attempts, so it is never retried, and only an admin unseals.
+ */
+export const PIN_REFUSED = new Set([pkcs11js.CKR_PIN_INCORRECT, pkcs11js.CKR_PIN_LOCKED]);
 
 export const WRONG_PIN =
   'wrong PIN: the token refused the PIN in the PIN file; put the right one there, then reload (SIGHUP) or restart';
@@ -245,6 +256,8 @@ export class Pkcs11Token {
   private readonly retired: SignPool[] = [];
   /** Whether C_Initialize holds now (C_Finalize undoes it). */
   private initialized = true;
+  /** The PIN of the current login, for context-specific logins; replaced at each re-open. */
+  private pin: string;
 
   private constructor(
     private readonly module: graphene.Module,
@@ -256,6 +269,7 @@ export class Pkcs11Token {
     this.size = Math.max(1, options.sessions);
     this.queueTimeoutMs = options.queueTimeoutMs ?? DEFAULT_QUEUE_TIMEOUT_MS;
     this.callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.pin = options.pin;
     this.current = tokenInfoOf(slot);
     this.seal = new TokenSeal({
       reopen: () => this.reopen(),
@@ -359,7 +373,11 @@ export class Pkcs11Token {
     } catch (error) {
       const code = ckrCode(error);
       if (isDeadline(error)) how = 'abandon';
-      else if (code !== undefined && (SESSION_LOST.has(code) || DEVICE_FAULTS.has(code)))
+      else if (
+        code !== undefined &&
+        (SESSION_LOST.has(code) || DEVICE_FAULTS.has(code) || PIN_REFUSED.has(code))
+      )
+        // After a refused context-specific login the signing operation is still active.
         how = 'replace';
       this.fail(error, false);
       throw error;
@@ -370,7 +388,8 @@ export class Pkcs11Token {
 
   /**
    * C_SignInit + C_Sign on a pool session, off the main thread, under the call deadline (see
-   * sign-pool.ts). Call it inside withSession.
+   * sign-pool.ts). Call it inside withSession. `contextLogin` for a key with
+   * CKA_ALWAYS_AUTHENTICATE: C_Login(CKU_CONTEXT_SPECIFIC) with the login's PIN in between.
    */
   sign(
     session: SessionHandle,
@@ -378,8 +397,11 @@ export class Pkcs11Token {
     key: Buffer,
     data: Buffer,
     length: number,
+    contextLogin = false,
   ): Promise<Buffer> {
-    return this.usable().signer.sign(session, mechanism, key, data, length);
+    const signer = this.usable().signer;
+    if (!contextLogin) return signer.sign(session, mechanism, key, data, length);
+    return signer.sign(session, mechanism, key, data, length, this.pin);
   }
 
   /** Resolves when a pool session can be had and the module answers on it (see SignPool.probe). */
@@ -395,7 +417,13 @@ export class Pkcs11Token {
     if (this.closed) return;
     const code = ckrCode(error);
     const ckr = ckrName(error);
-    if (isDeadline(error)) {
+    if (code !== undefined && PIN_REFUSED.has(code)) {
+      this.seal.seal({
+        reason: code === pkcs11js.CKR_PIN_LOCKED ? PIN_LOCKED : WRONG_PIN,
+        ...(ckr === undefined ? {} : { ckr }),
+        recovery: 'admin',
+      });
+    } else if (isDeadline(error)) {
       this.seal.seal({
         reason: `${(error as Error).message}; waiting for it to return (a restart clears it)`,
         recovery: 'restart',
@@ -454,6 +482,7 @@ export class Pkcs11Token {
       size: Math.min(this.size, availableParallelism()),
       lib: this.lib,
       callTimeoutMs: this.callTimeoutMs,
+      ...(this.options.touch ? { touch: this.options.touch } : {}),
       inline: this.inline,
       onInline: () => {
         this.inline = true;
@@ -509,6 +538,7 @@ export class Pkcs11Token {
       const pin = this.options.readPin ? await this.options.readPin() : this.options.pin;
       if (this.closed) throw new HsmintError('ERR_HSM_UNAVAILABLE', 'the token is closed');
       this.live = this.connect(slot, logIn(slot, pin));
+      this.pin = pin;
       this.current = info;
       this.reopening = true;
       for (const hook of this.reopenHooks) {
