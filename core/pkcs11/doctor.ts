@@ -16,6 +16,7 @@ import { KEY_PURPOSES, parseKeyLabel, type KeyInfo, type KeyPurpose } from '../k
 import { resolveModule, sessionCount } from '../open.js';
 import { readPinFile } from '../pin.js';
 import { findModule, loadProfile, type HsmProfile } from '../profiles.js';
+import { pivLayout } from './piv.js';
 import { Pkcs11KeyStore, requiredMechanisms } from './keystore.js';
 import { ckrName, findSlot, loadModule, Pkcs11Token, tokenInfoOf } from './token.js';
 import { parseTokenReference, trimPadded, type TokenSelector } from './uri.js';
@@ -121,6 +122,8 @@ interface Target {
   listed: Algorithm[];
   rsaBits: RsaKeySize;
   sessions: number;
+  /** The profile, for PIV devices whose keys are found by slot rather than by label. */
+  profile: HsmProfile;
 }
 
 /** The stages in order; when one stops the run, the later ones are reported as skipped. */
@@ -518,6 +521,7 @@ function resolveTarget(input: DoctorInput, report: DoctorReport): Target | undef
         listed: profile.algorithms,
         rsaBits: config.keys.rsaBits,
         sessions: sessionCount(config),
+        profile,
       };
     } catch (error) {
       checks.push(failure('config', TITLES.target, error));
@@ -551,6 +555,7 @@ function resolveTarget(input: DoctorInput, report: DoctorReport): Target | undef
       listed: profile.algorithms,
       rsaBits: profileRsaBits(profile),
       sessions: profile.sessions,
+      profile,
     };
   } catch (error) {
     checks.push(failure('profile', TITLES.target, error));
@@ -623,7 +628,9 @@ async function onLoggedIn(
   // Throwaway keys live in a store of their own, loaded first: a later reload would forget
   // them, as they are not token objects.
   const scratch = new Pkcs11KeyStore(token, { rsaBits: target.rsaBits });
-  const signing = new Pkcs11KeyStore(token, { rsaBits: target.rsaBits });
+  // The configured keys, found as the daemon finds them: by label, or by PIV slot.
+  const piv = pivLayout(target.profile, 'signing');
+  const signing = new Pkcs11KeyStore(token, { rsaBits: target.rsaBits, ...(piv ? { piv } : {}) });
   const throwaway: string[] = [];
   const signers: Array<{ key: KeyInfo; name: string }> = [];
   try {
@@ -692,7 +699,7 @@ async function onLoggedIn(
     }
 
     try {
-      report.keys = proveNonExportable(token, offered);
+      report.keys = proveNonExportable(token, offered, target.profile);
       if (report.keys.length === 0) {
         checks.push({
           id: 'non-exportable',
@@ -819,6 +826,38 @@ const WRAP_MECHANISMS: pkcs11js.Mechanism[] = [
   { mechanism: pkcs11js.CKM_AES_CBC_PAD, parameter: Buffer.alloc(16) },
 ];
 
+const CURVES: ReadonlyArray<[Buffer, Algorithm]> = [
+  [Buffer.from('06082a8648ce3d030107', 'hex'), 'ES256'], // P-256
+  [Buffer.from('06052b81040022', 'hex'), 'ES384'], // P-384
+  [Buffer.from('06032b6570', 'hex'), 'EdDSA'], // Ed25519
+];
+
+/** The JWS algorithm a key in a PIV slot serves, from its type and curve (RSA reads as RS256). */
+function algorithmOfKey(
+  lib: pkcs11js.PKCS11,
+  session: Buffer,
+  handle: Buffer,
+): Algorithm | undefined {
+  try {
+    const [type, params] = lib.C_GetAttributeValue(session, handle, [
+      { type: pkcs11js.CKA_KEY_TYPE },
+      { type: pkcs11js.CKA_EC_PARAMS },
+    ]);
+    // CK_ULONG, in the machine's byte order (little-endian on the platforms hsmint builds for).
+    const raw = type?.value;
+    const keyType = !Buffer.isBuffer(raw)
+      ? -1
+      : raw.length >= 8
+        ? Number(raw.readBigUInt64LE(0))
+        : raw.readUInt32LE(0);
+    if (keyType === pkcs11js.CKK_RSA) return 'RS256';
+    const oid = params?.value;
+    return Buffer.isBuffer(oid) ? CURVES.find(([known]) => known.equals(oid))?.[1] : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Room for a wrapped RSA-4096 private key and then some. */
 const WRAP_BUFFER_BYTES = 16 * 1024;
 
@@ -827,7 +866,11 @@ const WRAP_BUFFER_BYTES = 16 * 1024;
  * secret values (which must be refused), and C_WrapKey under a throwaway AES session key
  * (which must be refused too).
  */
-function proveNonExportable(token: Pkcs11Token, offered: ReadonlySet<number>): KeyProtection[] {
+function proveNonExportable(
+  token: Pkcs11Token,
+  offered: ReadonlySet<number>,
+  profile: HsmProfile,
+): KeyProtection[] {
   const session = token.anchor;
   const lib = session.lib;
   const keys: KeyProtection[] = [];
@@ -838,9 +881,27 @@ function proveNonExportable(token: Pkcs11Token, offered: ReadonlySet<number>): K
     purpose: KeyPurpose;
     alg: Algorithm;
   }> = [];
+  // On a PIV device hsmint's keys are the ones in its slots (by CKA_ID), whatever their label.
+  const pivSlots = new Map<number, { purpose: KeyPurpose; slot: string }>();
+  for (const purpose of Object.keys(KEY_PURPOSES) as KeyPurpose[])
+    for (const use of pivLayout(profile, purpose)?.slots ?? [])
+      pivSlots.set(use.ckaId, { purpose, slot: use.slot });
   for (let i = 0; i < found.length; i++) {
     const object = found.items(i);
     const label = String(object.getAttribute('label') ?? '');
+    const id = object.getAttribute('id') as Buffer | null;
+    const piv = id?.length === 1 ? pivSlots.get(id[0]!) : undefined;
+    if (piv) {
+      const alg = algorithmOfKey(lib, session.handle, object.handle);
+      if (alg)
+        candidates.push({
+          handle: object.handle,
+          label: `${label || 'key'} (PIV slot ${piv.slot})`,
+          purpose: piv.purpose,
+          alg,
+        });
+      continue;
+    }
     for (const purpose of Object.keys(KEY_PURPOSES) as KeyPurpose[]) {
       const parsed = parseKeyLabel(label, purpose);
       if (parsed) candidates.push({ handle: object.handle, label, purpose, alg: parsed.alg });
