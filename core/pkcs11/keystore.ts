@@ -136,6 +136,21 @@ export interface Pkcs11KeyStoreOptions {
  * hsmint's keys on a PKCS#11 token. Private keys are generated on the token as sensitive,
  * never extractable token objects; this class never asks for their value and never wraps them.
  */
+/**
+ * The private half of every key hsmint makes, whatever the token: generated on it, sensitive,
+ * never extractable, for signing. One template, so no code path can make a key that leaves.
+ */
+function signingKeyTemplate(common: graphene.ITemplate): graphene.ITemplate {
+  return {
+    ...common,
+    class: graphene.ObjectClass.PRIVATE_KEY,
+    private: true,
+    sensitive: true,
+    extractable: false,
+    sign: true,
+  };
+}
+
 export class Pkcs11KeyStore implements KeyStore {
   private readonly keys = new Map<string, LoadedKey>();
   private loaded = false;
@@ -259,23 +274,13 @@ export class Pkcs11KeyStore implements KeyStore {
     const id = randomBytes(16);
     const common = { token: options.sessionOnly !== true, label, id, keyType: scheme.keyType };
     const publicTemplate: graphene.ITemplate = {
-      ...common,
-      class: graphene.ObjectClass.PUBLIC_KEY,
+      ...this.publicKeyTemplate(common, scheme),
       private: false,
-      verify: true,
       encrypt: false,
       wrap: false,
-      ...(scheme.family === 'rsa'
-        ? { modulusBits: this.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }
-        : { paramsEC: scheme.ecParams ?? null }),
     };
     const privateTemplate: graphene.ITemplate = {
-      ...common,
-      class: graphene.ObjectClass.PRIVATE_KEY,
-      private: true,
-      sensitive: true,
-      extractable: false,
-      sign: true,
+      ...signingKeyTemplate(common),
       decrypt: false,
       unwrap: false,
       derive: false,
@@ -326,21 +331,10 @@ export class Pkcs11KeyStore implements KeyStore {
         keyType: scheme.keyType,
         ...(piv.labelsKept ? { label: slot.label } : {}),
       };
-      const publicTemplate: graphene.ITemplate = {
-        ...common,
-        class: graphene.ObjectClass.PUBLIC_KEY,
-        verify: true,
-        ...(scheme.family === 'rsa'
-          ? { modulusBits: this.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }
-          : { paramsEC: scheme.ecParams ?? null }),
-      };
+      // Only what a PIV device takes: ykcs11 and OpenSC may refuse attributes they do not use.
+      const publicTemplate = this.publicKeyTemplate(common, scheme);
       const privateTemplate: graphene.ITemplate = {
-        ...common,
-        class: graphene.ObjectClass.PRIVATE_KEY,
-        private: true,
-        sensitive: true,
-        extractable: false,
-        sign: true,
+        ...signingKeyTemplate(common),
         ...(slot.setAlwaysAuthenticate ? { alwaysAuth: true } : {}),
       };
       const pair = this.generatePair(session, alg, publicTemplate, privateTemplate);
@@ -409,6 +403,18 @@ export class Pkcs11KeyStore implements KeyStore {
     return (['ES256', 'ES384', 'EdDSA'] as const).find(
       (alg) => SCHEMES[alg].keyType === keyType && params.equals(SCHEMES[alg].ecParams!),
     );
+  }
+
+  /** The public half of a new pair: it verifies, and carries the key's size or curve. */
+  private publicKeyTemplate(common: graphene.ITemplate, scheme: Scheme): graphene.ITemplate {
+    return {
+      ...common,
+      class: graphene.ObjectClass.PUBLIC_KEY,
+      verify: true,
+      ...(scheme.family === 'rsa'
+        ? { modulusBits: this.rsaBits, publicExponent: Buffer.from([1, 0, 1]) }
+        : { paramsEC: scheme.ecParams ?? null }),
+    };
   }
 
   async sign(kid: string, signingInput: Buffer): Promise<Buffer> {
