@@ -9,3 +9,13 @@ export function codeOf(run: () => unknown): string | undefined {
   }
   return undefined;
 }
+
+/** The error a promise rejects with (to check its code and details); fails when it resolves. */
+export async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as HsmintError;
+  }
+  throw new Error('expected a rejection');
+}

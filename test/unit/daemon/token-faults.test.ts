@@ -10,6 +10,7 @@ import { createRoutes, untilTokenOpens } from '../../../daemon/handlers.js';
 import type { RequestContext, Route } from '../../../daemon/server.js';
 import { testCaller, testConfig } from '../../support/config.js';
 import { MemoryKeyStore } from '../../support/memory-keystore.js';
+import { rejection } from '../../support/codes.js';
 
 /** A store whose probe answers, fails or never returns, as the test says. */
 class ProbedStore extends MemoryKeyStore {
@@ -48,15 +49,6 @@ const SEALED: TokenCondition = {
   since: new Date(),
   attempts: 2,
 };
-
-async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as HsmintError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('the authority on a token that seals', () => {
   let store: ProbedStore;

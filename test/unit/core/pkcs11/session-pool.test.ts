@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HsmintError } from '../../../../core/errors.js';
 import { SessionPool } from '../../../../core/pkcs11/session-pool.js';
+import { rejection } from '../../../support/codes.js';
 
 /** Sessions are numbers; the fake token counts what was opened and closed. */
 function pool(size: number, queueTimeoutMs = 2_000) {
@@ -15,15 +16,6 @@ function pool(size: number, queueTimeoutMs = 2_000) {
     close: (session) => void token.closed.push(session),
   });
   return { sessions, token };
-}
-
-async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as HsmintError;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe('SessionPool', () => {

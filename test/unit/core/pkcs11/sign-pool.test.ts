@@ -1,7 +1,7 @@
 import pkcs11js from 'pkcs11js';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { HsmintError } from '../../../../core/errors.js';
 import { SignPool, isDeadline } from '../../../../core/pkcs11/sign-pool.js';
+import { rejection } from '../../../support/codes.js';
 
 /** A binding that records calls; C_SignAsync settles only when the test says so. */
 function fakeLib() {
@@ -23,15 +23,6 @@ function fakeLib() {
 const mechanism = { mechanism: pkcs11js.CKM_ECDSA };
 const session = Buffer.from([1]);
 const key = Buffer.from([2]);
-
-async function rejection(promise: Promise<unknown>): Promise<HsmintError> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as HsmintError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('SignPool on the main thread (a fake module)', () => {
   beforeEach(() => vi.useFakeTimers());
