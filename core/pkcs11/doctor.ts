@@ -17,7 +17,7 @@ import { resolveModule, sessionCount } from '../open.js';
 import { readPinFile } from '../pin.js';
 import { findModule, loadProfile, type HsmProfile } from '../profiles.js';
 import { pivLayout } from './piv.js';
-import { Pkcs11KeyStore, requiredMechanisms } from './keystore.js';
+import { algorithmOfKey, Pkcs11KeyStore, requiredMechanisms } from './keystore.js';
 import { ckrName, findSlot, loadModule, Pkcs11Token, tokenInfoOf } from './token.js';
 import { parseTokenReference, trimPadded, type TokenSelector } from './uri.js';
 
@@ -826,38 +826,6 @@ const WRAP_MECHANISMS: pkcs11js.Mechanism[] = [
   { mechanism: pkcs11js.CKM_AES_CBC_PAD, parameter: Buffer.alloc(16) },
 ];
 
-const CURVES: ReadonlyArray<[Buffer, Algorithm]> = [
-  [Buffer.from('06082a8648ce3d030107', 'hex'), 'ES256'], // P-256
-  [Buffer.from('06052b81040022', 'hex'), 'ES384'], // P-384
-  [Buffer.from('06032b6570', 'hex'), 'EdDSA'], // Ed25519
-];
-
-/** The JWS algorithm a key in a PIV slot serves, from its type and curve (RSA reads as RS256). */
-function algorithmOfKey(
-  lib: pkcs11js.PKCS11,
-  session: Buffer,
-  handle: Buffer,
-): Algorithm | undefined {
-  try {
-    const [type, params] = lib.C_GetAttributeValue(session, handle, [
-      { type: pkcs11js.CKA_KEY_TYPE },
-      { type: pkcs11js.CKA_EC_PARAMS },
-    ]);
-    // CK_ULONG, in the machine's byte order (little-endian on the platforms hsmint builds for).
-    const raw = type?.value;
-    const keyType = !Buffer.isBuffer(raw)
-      ? -1
-      : raw.length >= 8
-        ? Number(raw.readBigUInt64LE(0))
-        : raw.readUInt32LE(0);
-    if (keyType === pkcs11js.CKK_RSA) return 'RS256';
-    const oid = params?.value;
-    return Buffer.isBuffer(oid) ? CURVES.find(([known]) => known.equals(oid))?.[1] : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Room for a wrapped RSA-4096 private key and then some. */
 const WRAP_BUFFER_BYTES = 16 * 1024;
 
@@ -892,7 +860,12 @@ function proveNonExportable(
     const id = object.getAttribute('id') as Buffer | null;
     const piv = id?.length === 1 ? pivSlots.get(id[0]!) : undefined;
     if (piv) {
-      const alg = algorithmOfKey(lib, session.handle, object.handle);
+      let alg: Algorithm | undefined;
+      try {
+        alg = algorithmOfKey(object);
+      } catch {
+        alg = undefined; // a key hsmint cannot read the type of is none of its keys
+      }
       if (alg)
         candidates.push({
           handle: object.handle,

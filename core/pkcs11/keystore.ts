@@ -94,6 +94,25 @@ const SCHEMES: Record<Algorithm, Scheme> = {
   },
 };
 
+/**
+ * The JWS algorithm a key found on the token serves, from its type and curve (a PIV slot
+ * records neither label nor padding: an RSA key serves `rsaAlgorithm`); undefined if hsmint
+ * has none for it. Either half of the pair will do.
+ */
+export function algorithmOfKey(
+  key: graphene.SessionObject,
+  rsaAlgorithm: 'RS256' | 'PS256' = 'RS256',
+): Algorithm | undefined {
+  const { keyType } = key.getAttribute({ keyType: null }) as { keyType: number };
+  if (keyType === pkcs11js.CKK_RSA) return rsaAlgorithm;
+  if (keyType !== pkcs11js.CKK_EC && keyType !== CKK_EC_EDWARDS) return undefined;
+  // Numeric read: graphene maps CKA_EC_PARAMS to two names and returns only one of them.
+  const params = key.getAttribute(pkcs11js.CKA_EC_PARAMS);
+  return (['ES256', 'ES384', 'EdDSA'] as const).find(
+    (alg) => SCHEMES[alg].keyType === keyType && params.equals(SCHEMES[alg].ecParams!),
+  );
+}
+
 /** The mechanisms a token must offer for hsmint to generate and sign with `alg`. */
 export function requiredMechanisms(alg: Algorithm): number[] {
   const scheme = SCHEMES[alg];
@@ -226,7 +245,7 @@ export class Pkcs11KeyStore implements KeyStore {
       if (this.piv) {
         const slot = slotOfId(this.piv, id);
         if (!slot || this.givenUp.has(slot.ckaId)) continue;
-        const alg = this.algorithmOf(publicKey);
+        const alg = algorithmOfKey(publicKey, this.rsaAlgorithm);
         if (!alg) continue;
         const createdAt = this.madeAt.get(slot.ckaId) ?? UNKNOWN_CREATION;
         loaded = await this.describe(alg, label, createdAt, publicKey, privateKey.handle);
@@ -392,17 +411,6 @@ export class Pkcs11KeyStore implements KeyStore {
     const key = this.keys.get(kid);
     if (!key) throw new HsmintError('ERR_KEY_NOT_FOUND', `no key ${kid} on the token`);
     return key.alwaysAuthenticate;
-  }
-
-  /** What the JWS algorithm of a key in a PIV slot is, from its public key; undefined if none. */
-  private algorithmOf(publicKey: graphene.SessionObject): Algorithm | undefined {
-    const { keyType } = publicKey.getAttribute({ keyType: null }) as { keyType: number };
-    if (keyType === pkcs11js.CKK_RSA) return this.rsaAlgorithm;
-    if (keyType !== pkcs11js.CKK_EC && keyType !== CKK_EC_EDWARDS) return undefined;
-    const params = publicKey.getAttribute(pkcs11js.CKA_EC_PARAMS);
-    return (['ES256', 'ES384', 'EdDSA'] as const).find(
-      (alg) => SCHEMES[alg].keyType === keyType && params.equals(SCHEMES[alg].ecParams!),
-    );
   }
 
   /** The public half of a new pair: it verifies, and carries the key's size or curve. */
