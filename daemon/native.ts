@@ -9,6 +9,10 @@ export interface NativeAddon {
   peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   /** One datagram to systemd's notify socket ("@name" for an abstract one). */
   sdNotify(path: string, text: string): boolean;
+  /** pidfd_open(2): a file descriptor that follows one process, never a reuse of its pid. */
+  pidfdOpen(pid: number): number;
+  /** Whether the process behind a pidfd has exited (poll(2) with no wait). */
+  pidfdExited(fd: number): boolean;
 }
 
 let addon: NativeAddon | undefined;

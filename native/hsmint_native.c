@@ -1,12 +1,16 @@
 // hsmint's native seam: the two things Node cannot do on a Unix socket by itself.
 //   peerCredentials(fd)  -> { pid, uid, gid } of the process at the other end (SO_PEERCRED)
 //   sdNotify(path, text) -> sends one datagram to systemd's $NOTIFY_SOCKET
+//   pidfdOpen(pid)       -> a pidfd for the process (Linux >= 5.3), to learn when it exits
+//   pidfdExited(fd)      -> whether the process behind a pidfd has exited (a poll, no wait)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <node_api.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -78,10 +82,57 @@ static napi_value sd_notify(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static int32_t int32_argument(napi_env env, napi_callback_info info, const char *usage) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t value;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_int32(env, argv[0], &value) != napi_ok || value < 0) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", usage);
+    return -1;
+  }
+  return value;
+}
+
+static napi_value pidfd_open(napi_env env, napi_callback_info info) {
+  int32_t pid = int32_argument(env, info, "pidfdOpen(pid): pid must be a positive integer");
+  if (pid <= 0) {
+    if (pid == 0) napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "pidfdOpen(pid): pid 0");
+    return NULL;
+  }
+#ifdef SYS_pidfd_open
+  // A pidfd is close-on-exec by default.
+  long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  if (fd < 0) return throw_errno(env, "pidfd_open", errno);
+  napi_value result;
+  napi_create_int32(env, (int32_t)fd, &result);
+  return result;
+#else
+  return throw_errno(env, "pidfd_open", ENOSYS);
+#endif
+}
+
+static napi_value pidfd_exited(napi_env env, napi_callback_info info) {
+  int32_t fd = int32_argument(env, info, "pidfdExited(fd): fd must be a non-negative integer");
+  if (fd < 0) return NULL;
+  // A pidfd polls readable once its process has exited, zombie or reaped.
+  struct pollfd entry = {.fd = fd, .events = POLLIN, .revents = 0};
+  int ready;
+  do {
+    ready = poll(&entry, 1, 0);
+  } while (ready < 0 && errno == EINTR);
+  if (ready < 0) return throw_errno(env, "poll(pidfd)", errno);
+  napi_value result;
+  napi_get_boolean(env, ready > 0 && (entry.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)) != 0, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sdNotify", NULL, sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pidfdOpen", NULL, pidfd_open, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pidfdExited", NULL, pidfd_exited, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

@@ -381,3 +381,50 @@ describe('connection and request limits per uid', () => {
     for (const reply of await Promise.all(replies)) expect(reply).toMatch(/^HTTP\/1\.1 201/);
   });
 });
+
+/**
+ * A process that connects, hands its connection to a child and exits: what /proc said of it
+ * at connect must not outlive it, since its pid may now belong to anyone. The child speaks on
+ * the inherited connection after the parent is gone.
+ */
+const HANDOVER = `
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+def whoami():
+    s.sendall(b'GET /v1/whoami HTTP/1.1\\r\\nhost: h\\r\\n\\r\\n')
+    data = b''
+    while b'\\r\\n\\r\\n' not in data:
+        data += s.recv(65536)
+    head, body = data.split(b'\\r\\n\\r\\n', 1)
+    length = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    return json.loads(body)['caller']
+print(json.dumps(whoami()), flush=True)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.read(r, 1)  # end of file: the parent has exited
+    print(json.dumps(whoami()), flush=True)
+    os._exit(0)
+os._exit(0)
+`;
+
+describe('a connection outliving the process that made it', () => {
+  const env = useDaemon('ES256');
+
+  it('keeps the kernel facts and drops the /proc facts once that process has exited', async () => {
+    const child = spawn('python3', ['-c', HANDOVER, env.token.socket], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let output = '';
+    child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    await new Promise((resolve) => child.stdout!.on('close', resolve));
+    const [before, after] = output.trim().split('\n').map((line) => JSON.parse(line));
+    expect(before).toMatchObject({ uid: process.getuid!(), verified: true });
+    expect(before.exe).toMatch(/python3/);
+    expect(after).toMatchObject({ uid: process.getuid!(), pid: before.pid, verified: false });
+    expect(after.exe).toBeUndefined();
+  });
+});
