@@ -115,7 +115,7 @@ describe('parseConfig', () => {
   it('leaves hsm.sessions to the profile, whose default (softhsm) takes 4', () => {
     const config = parseConfig(MINIMAL, FILE);
     expect(config.hsm.sessions).toBeUndefined();
-    expect(loadProfile(config.hsm.profile).sessions).toBe(4);
+    expect(loadProfile(config.hsm.profile).sessions).toBe(16);
   });
 
   it('resolves relative paths against the config file folder and keeps absolute ones', () => {

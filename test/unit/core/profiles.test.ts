@@ -75,7 +75,7 @@ describe('shipped profiles', () => {
 
   it('keep the values the daemon has relied on', () => {
     // core/open.ts takes the pool size from here; config tests expect softhsm's 4.
-    expect(loadProfile('softhsm').sessions).toBe(4);
+    expect(loadProfile('softhsm').sessions).toBe(16);
     expect(loadProfile('softhsm').algorithms).toEqual([
       'ES256',
       'ES384',
@@ -227,12 +227,12 @@ describe('parseProfile refuses, naming the file, the key path and the line', () 
   });
 
   it('a wrong type', () => {
-    const text = edit(softhsm, 'sessions: 4', 'sessions: four');
+    const text = edit(softhsm, 'sessions: 16', 'sessions: four');
     expectInvalid(text, 'sessions: expected integer', lineOf(text, 'sessions:'));
   });
 
   it('sessions 0', () => {
-    const text = edit(softhsm, 'sessions: 4', 'sessions: 0');
+    const text = edit(softhsm, 'sessions: 16', 'sessions: 0');
     expectInvalid(text, 'sessions: must be >= 1', lineOf(text, 'sessions:'));
   });
 
@@ -370,8 +370,8 @@ describe('parseProfile refuses, naming the file, the key path and the line', () 
   });
 
   it('more operations in flight than sessions', () => {
-    const text = edit(softhsm, 'max_in_flight: 4', 'max_in_flight: 5');
-    expectInvalid(text, 'max_in_flight: is more than sessions (4)', lineOf(text, 'max_in_flight:'));
+    const text = edit(softhsm, 'max_in_flight: 16', 'max_in_flight: 17');
+    expectInvalid(text, 'max_in_flight: is more than sessions (16)', lineOf(text, 'max_in_flight:'));
   });
 
   it('a missing required key, at the line of the mapping that lacks it', () => {
@@ -414,7 +414,7 @@ describe('parseProfile refuses, naming the file, the key path and the line', () 
     expect(profileError('name: [unclosed\n').message).toMatch(
       /^not valid YAML: .+ \(hsm-profiles\/test\.yaml:\d+\)$/,
     );
-    const aliased = edit(softhsm, 'sessions: 4', 'sessions: &n 4\nx: *n');
+    const aliased = edit(softhsm, 'sessions: 16', 'sessions: &n 4\nx: *n');
     expect(profileError(aliased).message).toContain('aliases are not allowed');
   });
 });
