@@ -421,7 +421,10 @@ describe('a connection outliving the process that made it', () => {
     let output = '';
     child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
     await new Promise((resolve) => child.stdout!.on('close', resolve));
-    const [before, after] = output.trim().split('\n').map((line) => JSON.parse(line));
+    const [before, after] = output
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line));
     expect(before).toMatchObject({ uid: process.getuid!(), verified: true });
     expect(before.exe).toMatch(/python3/);
     expect(after).toMatchObject({ uid: process.getuid!(), pid: before.pid, verified: false });

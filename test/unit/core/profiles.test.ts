@@ -371,7 +371,11 @@ describe('parseProfile refuses, naming the file, the key path and the line', () 
 
   it('more operations in flight than sessions', () => {
     const text = edit(softhsm, 'max_in_flight: 16', 'max_in_flight: 17');
-    expectInvalid(text, 'max_in_flight: is more than sessions (16)', lineOf(text, 'max_in_flight:'));
+    expectInvalid(
+      text,
+      'max_in_flight: is more than sessions (16)',
+      lineOf(text, 'max_in_flight:'),
+    );
   });
 
   it('a missing required key, at the line of the mapping that lacks it', () => {
