@@ -239,6 +239,42 @@ export function parseMintRequest(body: unknown): MintRequest {
   return request;
 }
 
+/** Mint requests in one call, at most this many. */
+export const MAX_BATCH = 100;
+
+export interface MintBatchRequest {
+  requests: MintRequest[];
+}
+
+/** One answer of a batch, in the request's place: a token, or why that one was refused. */
+export type MintBatchResult = MintResponse | ErrorBody;
+
+export interface MintBatchResponse {
+  results: MintBatchResult[];
+}
+
+/**
+ * `{requests: [MintRequest, ...]}`, 1 to MAX_BATCH of them. A malformed request refuses the
+ * whole batch, naming its index: that is a bug in the caller, not a policy decision.
+ */
+export function parseMintBatchRequest(body: unknown): MintBatchRequest {
+  const input = objectBody(body, ['requests']);
+  const list = input['requests'];
+  if (!Array.isArray(list) || list.length === 0 || list.length > MAX_BATCH)
+    throw bad('ERR_INVALID_REQUEST', `requests must be a list of 1 to ${MAX_BATCH} mint requests`);
+  return {
+    requests: list.map((item, i) => {
+      try {
+        return parseMintRequest(item);
+      } catch (error) {
+        if (error instanceof HsmintError)
+          throw new HsmintError(error.code, `requests[${i}]: ${error.message}`);
+        throw error;
+      }
+    }),
+  };
+}
+
 export type RevokeTokenRequest = { jti: string } | { token: string };
 
 const JTI = /^[A-Za-z0-9_-]{1,256}$/;

@@ -24,6 +24,7 @@ import { authorizeMint, grantOf, type Grant, type Policy } from '../core/policy/
 import type {
   HealthResponse,
   JwksResponse,
+  MintBatchResult,
   MintRequest,
   MintResponse,
   VerifyRequest,
@@ -495,6 +496,30 @@ export class Authority {
       iat: minted.iat,
       exp: minted.exp,
     };
+  }
+
+  /**
+   * Each request of a batch minted as if it came alone (its own grant check, record and
+   * signature), all at once: the signatures share the signing threads' batches and the
+   * records the log's group commits. A refusal stays in its place in the answer.
+   */
+  async mintBatch(
+    requests: MintRequest[],
+    caller: Caller,
+    settings: Config,
+  ): Promise<MintBatchResult[]> {
+    const settled = await Promise.allSettled(
+      requests.map((request) => this.mint(request, caller, settings)),
+    );
+    return settled.map((outcome) => {
+      if (outcome.status === 'fulfilled') return outcome.value;
+      const error = outcome.reason as unknown;
+      // As the server does for a whole request: only codes meant for the wire travel.
+      if (error instanceof HsmintError && (error.status !== 500 || error.code === 'ERR_INTERNAL'))
+        return { error: error.toJSON() };
+      this.logger.error({ event: 'mint.internal_error', err: error }, 'a batch mint failed');
+      return { error: { code: 'ERR_INTERNAL', message: 'internal error; see the daemon log' } };
+    });
   }
 
   /** A sealed token cannot sign: say so at once, before any record is written. */

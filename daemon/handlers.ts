@@ -3,6 +3,7 @@ import { HsmintError } from '../core/errors.js';
 import type { KeyRecord } from '../core/keys/lifecycle.js';
 import { grantOf } from '../core/policy/policy.js';
 import {
+  parseMintBatchRequest,
   parseMintRequest,
   parseRevokeTokenRequest,
   parseVerifyRequest,
@@ -73,6 +74,25 @@ export function createRoutes(
           rule: authority().grant(context.caller, context.config.policy).rule,
         };
         return { status: 201, body: minted, headers: { 'cache-control': 'no-store' } };
+      },
+    },
+    {
+      method: 'POST',
+      path: '/v1/tokens:batch',
+      body: true,
+      async handle(body, context) {
+        const { requests } = parseMintBatchRequest(body);
+        const results = await authority().mintBatch(requests, context.caller, context.config);
+        let minted = 0;
+        for (const result of results) {
+          if ('token' in result) {
+            minted++;
+            authority().metrics.mint('ok');
+          } else authority().metrics.mint('error', result.error.code);
+        }
+        // The jtis are in the audit log, one record each; the log line counts them.
+        context.log = { minted, refused: results.length - minted };
+        return { status: 200, body: { results }, headers: NO_STORE };
       },
     },
     {

@@ -10,6 +10,8 @@ import type {
   HealthResponse,
   JwksResponse,
   KeyView,
+  MintBatchResponse,
+  MintBatchResult,
   MintResponse,
   ReloadResponse,
   WhoamiResponse,
@@ -24,6 +26,7 @@ export type {
   HealthResponse,
   JwksResponse,
   KeyView,
+  MintBatchResult,
   MintResponse,
   ReloadResponse,
   WhoamiResponse,
@@ -73,6 +76,20 @@ export class HsmintClient {
 
   mint(params: MintParams): Promise<MintResponse> {
     return this.call<MintResponse>('POST', '/v1/tokens', params, [201]);
+  }
+
+  /**
+   * Up to 100 mints in one call, each decided and recorded as if it came alone. The answer
+   * keeps the order: a token, or `{error: {code, message}}` where that one was refused.
+   */
+  async mintBatch(requests: MintParams[]): Promise<MintBatchResult[]> {
+    const answer = await this.call<MintBatchResponse>(
+      'POST',
+      '/v1/tokens:batch',
+      { requests },
+      [200],
+    );
+    return answer.results;
   }
 
   verify(token: string, options: { aud?: string } = {}): Promise<VerifyResult> {

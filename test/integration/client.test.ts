@@ -58,6 +58,48 @@ describe('the client library', () => {
     }
   });
 
+  it('mints a batch, each request decided alone, answers in order', async () => {
+    const client = new HsmintClient({ socketPath: env.token.socket });
+    try {
+      const requests = Array.from({ length: 100 }, (_, i) =>
+        i === 37 ? { aud: 'nobody' } : { aud: 'api', ttl: 60 + i },
+      );
+      const results = await client.mintBatch(requests);
+      expect(results).toHaveLength(100);
+      expect(results[37]).toEqual({
+        error: { code: 'ERR_AUDIENCE_NOT_ALLOWED', message: expect.any(String) },
+      });
+      const minted = results.filter((result) => 'token' in result);
+      expect(minted).toHaveLength(99);
+      expect(new Set(minted.map((result) => result.jti)).size).toBe(99);
+      for (const [i, result] of results.entries()) {
+        if (!('token' in result)) continue;
+        expect(result.exp - result.iat).toBe(60 + i);
+        expect((await client.verify(result.token, { aud: 'api' })).valid).toBe(true);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses a malformed batch whole, naming the request, and more than 100', async () => {
+    const client = new HsmintClient({ socketPath: env.token.socket });
+    try {
+      await expect(
+        client.mintBatch([{ aud: 'api' }, { aud: 'api', ttl: -1 }]),
+      ).rejects.toMatchObject({
+        code: 'ERR_INVALID_REQUEST',
+        message: expect.stringContaining('requests[1]: ttl'),
+      });
+      await expect(client.mintBatch([])).rejects.toMatchObject({ code: 'ERR_INVALID_REQUEST' });
+      await expect(
+        client.mintBatch(Array.from({ length: 101 }, () => ({ aud: 'api' }))),
+      ).rejects.toMatchObject({ code: 'ERR_INVALID_REQUEST' });
+    } finally {
+      client.close();
+    }
+  });
+
   it('reports a refused mint as an HsmintError with the daemon code', async () => {
     const client = new HsmintClient({ socketPath: env.token.socket });
     try {
