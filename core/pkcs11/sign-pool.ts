@@ -405,6 +405,8 @@ export class SignPool {
   private spawn(): Thread {
     const worker = new Worker(`(${signWorkerMain.toString()})()`, {
       eval: true,
+      // A signing thread allocates next to nothing: small heaps keep the daemon's RSS down.
+      resourceLimits: { maxYoungGenerationSizeMb: 4, maxOldGenerationSizeMb: 32 },
       workerData: { pkcs11jsPath, modulePath: this.options.modulePath },
     });
     // An idle worker must not keep a CLI command or a stopping daemon alive.
