@@ -114,13 +114,21 @@ function usage(pid) {
 }
 
 const mintRequest = () => ({ method: 'POST', path: '/v1/tokens', body: '{"aud":"api"}' });
+/** A batch call of BATCH mints, made by BATCH_CALLERS callers at once. */
+const BATCH = 100;
+const BATCH_CALLERS = 4;
+const batchBody = JSON.stringify({
+  requests: Array.from({ length: BATCH }, () => ({ aud: 'api' })),
+});
+const batchRequest = () => ({ method: 'POST', path: '/v1/tokens:batch', body: batchBody });
+const refusedInBatch = (text) => JSON.parse(text).results.filter((result) => result.error).length;
 
 /** One load over a server's socket, with that server's CPU and RSS. */
-async function overSocket(server, socketPath, request, concurrency, duration) {
-  await runLoad({ socketPath, request, concurrency, seconds: Math.min(1, duration) }); // warm-up
+async function overSocket(server, socketPath, request, concurrency, duration, batch = {}) {
+  await runLoad({ socketPath, request, concurrency, seconds: Math.min(1, duration), ...batch }); // warm-up
   const before = usage(server.pid);
   const started = performance.now();
-  const result = await runLoad({ socketPath, request, concurrency, seconds: duration });
+  const result = await runLoad({ socketPath, request, concurrency, seconds: duration, ...batch });
   const elapsed = (performance.now() - started) / 1000;
   const after = usage(server.pid);
   return {
@@ -234,6 +242,23 @@ async function benchAlgorithm(alg, duration, concurrencies) {
         });
       }
     }
+    const batched = await overSocket(
+      servers.on,
+      tokens.on.socket,
+      batchRequest,
+      BATCH_CALLERS,
+      duration,
+      { perCall: BATCH, failures: refusedInBatch },
+    );
+    mint.batch = record({
+      name: `mint batch x${BATCH}`,
+      alg,
+      concurrency: BATCH_CALLERS,
+      ...stat(batched),
+      first_error: batched.first_error,
+      server_cpu_percent: batched.server_cpu_percent,
+      server_rss_mb: batched.server_rss_mb,
+    });
     const minted = await mintSome(tokens.on.socket, 200);
     const verifyRequest = (() => {
       let next = 0;
@@ -275,6 +300,10 @@ const ratios = {
     ? null
     : ratio(es256.mint.on_c16.ops_per_s, es256.peer.ops_per_s),
   verify_vs_jose: ratio(es256.verify.ops_per_s, es256.jose.ops_per_s),
+  batch_mint_vs_raw: ratio(es256.mint.batch.ops_per_s, es256.raw.best.ops_per_s),
+  batch_mint_vs_peer: es256.peer.skipped
+    ? null
+    : ratio(es256.mint.batch.ops_per_s, es256.peer.ops_per_s),
   audit_on_vs_off_c16: ratio(es256.mint.on_c16.ops_per_s, es256.mint.off_c16.ops_per_s),
   ...(es256.mint.on_c64
     ? { audit_on_vs_off_c64: ratio(es256.mint.on_c64.ops_per_s, es256.mint.off_c64.ops_per_s) }

@@ -2,8 +2,19 @@
 // next request as soon as the last is answered, on keep-alive connections (undici).
 import { Pool } from 'undici';
 
-/** Runs for `seconds` and returns ops/s, latency quantiles (ms) and errors. */
-export async function runLoad({ socketPath, request, concurrency, seconds }) {
+/**
+ * Runs for `seconds` and returns ops/s, latency quantiles (ms) and errors. `perCall` is how
+ * many operations one call carries (a batch of mints), and `failures(text)` counts those that
+ * failed inside an answer that succeeded as a whole.
+ */
+export async function runLoad({
+  socketPath,
+  request,
+  concurrency,
+  seconds,
+  perCall = 1,
+  failures = () => 0,
+}) {
   const pool = new Pool('http://localhost', {
     socketPath,
     connections: concurrency,
@@ -32,7 +43,14 @@ export async function runLoad({ socketPath, request, concurrency, seconds }) {
             if (response.statusCode >= 400) {
               errors++;
               firstError ??= `${response.statusCode} ${text.slice(0, 200)}`;
-            } else latencies.push(performance.now() - sent);
+            } else {
+              const failed = failures(text);
+              if (failed > 0) {
+                errors += failed;
+                firstError ??= text.slice(0, 200);
+              }
+              latencies.push(performance.now() - sent);
+            }
           } catch (error) {
             errors++;
             firstError ??= String(error);
@@ -45,7 +63,7 @@ export async function runLoad({ socketPath, request, concurrency, seconds }) {
   }
   const elapsed = (performance.now() - started) / 1000;
   return {
-    ops_per_s: latencies.length / elapsed,
+    ops_per_s: (latencies.length * perCall) / elapsed,
     ...quantiles(latencies),
     errors,
     first_error: firstError,

@@ -46,7 +46,13 @@ describe('npm run bench -- --quick', () => {
   });
 
   it('writes the three headline ratios as positive numbers', () => {
-    for (const name of ['mint_vs_raw', 'mint_vs_peer', 'verify_vs_jose', 'audit_on_vs_off_c16'])
+    for (const name of [
+      'mint_vs_raw',
+      'mint_vs_peer',
+      'verify_vs_jose',
+      'audit_on_vs_off_c16',
+      'batch_mint_vs_raw',
+    ])
       expect(report.ratios[name], name).toBeGreaterThan(0);
   });
 
@@ -65,6 +71,7 @@ describe('npm run bench -- --quick', () => {
       'mint audit off c16',
       'mint audit on c64',
       'mint audit off c64',
+      'mint batch x100 c4',
       'verify c16',
       'jose verify in-process c1',
     ])
