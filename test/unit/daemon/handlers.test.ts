@@ -61,6 +61,7 @@ describe('createRoutes', () => {
   it('declares the /v1 routes with their methods and body use', () => {
     expect(routes.map((r) => [r.method, r.path, r.body])).toEqual([
       ['POST', '/v1/tokens', true],
+      ['POST', '/v1/tokens:batch', true],
       ['POST', '/v1/tokens/verify', true],
       ['GET', '/v1/jwks', false],
       ['GET', '/v1/health', false],
