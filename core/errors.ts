@@ -103,7 +103,8 @@ export const ERROR_CODES = {
   // Verification outcomes (`valid: false`)
   ERR_TOKEN_MALFORMED: {
     status: null,
-    meaning: 'Not a compact JWS of three base64url parts with JSON header and claims.',
+    meaning:
+      'Not a compact JWS of three base64url parts with JSON header and claims, or an unsigned one (`alg: none` with an empty signature), or a `crit` header (hsmint understands no extension).',
   },
   ERR_TOKEN_ALG_NOT_ALLOWED: {
     status: null,
@@ -121,7 +122,7 @@ export const ERROR_CODES = {
     status: null,
     meaning: '`nbf` is in the future (beyond the allowed clock skew).',
   },
-  ERR_TOKEN_ISSUER_MISMATCH: { status: null, meaning: '`iss` is not this issuer.' },
+  ERR_TOKEN_ISSUER_MISMATCH: { status: null, meaning: '`iss` is missing or not this issuer.' },
   ERR_TOKEN_AUDIENCE_MISMATCH: {
     status: null,
     meaning: '`aud` does not hold the expected audience.',
