@@ -127,6 +127,20 @@ export class ApiServer {
       (request, response) => void this.dispatch(request, response),
     );
     this.http.maxRequestsPerSocket = 10_000;
+    // Node answers an Expect other than 100-continue with a bare 417 that has no error code:
+    // refuse it as malformed HTTP instead, with the body every other refusal has.
+    this.http.on('checkExpectation', (request: IncomingMessage, response: ServerResponse) => {
+      this.logger.debug(
+        { event: 'http.client_error', code: 'EXPECTATION' },
+        'bad HTTP from a client',
+      );
+      request.resume();
+      const error = new HsmintError(
+        'ERR_INVALID_REQUEST',
+        'only Expect: 100-continue is understood',
+      );
+      send(response, { status: error.status, body: { error: error.toJSON() } }, true);
+    });
     // Runs before the HTTP parser reads a byte: every request has a known caller.
     this.http.prependListener('connection', (socket: Socket) => this.accept(socket));
     this.http.on('clientError', (error: NodeJS.ErrnoException, socket) => {
@@ -342,11 +356,18 @@ async function readJson(request: IncomingMessage): Promise<unknown> {
     throw new HsmintError('ERR_BODY_TOO_LARGE', `the body is over ${MAX_BODY_BYTES} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of request as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES)
-      throw new HsmintError('ERR_BODY_TOO_LARGE', `the body is over ${MAX_BODY_BYTES} bytes`);
-    chunks.push(chunk);
+  try {
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES)
+        throw new HsmintError('ERR_BODY_TOO_LARGE', `the body is over ${MAX_BODY_BYTES} bytes`);
+      chunks.push(chunk);
+    }
+  } catch (error) {
+    if (error instanceof HsmintError) throw error;
+    // The stream fails only when the body never arrives whole: the client went away, or its
+    // HTTP broke mid-body (clientError has answered that). The client's fault, not a fault here.
+    throw new HsmintError('ERR_INVALID_REQUEST', 'the request body was cut off');
   }
   let text: string;
   try {
@@ -367,6 +388,9 @@ function decrement(counts: Map<number, number>, uid: number): void {
   else counts.set(uid, left);
 }
 
+/** How long a refused client has to read its answer and close before the daemon closes it. */
+const REFUSAL_GRACE_MS = 1_000;
+
 /** An answer written straight to the socket, for refusals before any request exists. */
 function writeRaw(
   socket: Socket | import('node:stream').Duplex,
@@ -379,6 +403,11 @@ function writeRaw(
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
   );
+  // end() closes only our side, and after a client error Node's timeouts no longer watch the
+  // socket: a client that never closed its own would keep the socket, its descriptors and its
+  // uid's connection count for good. The grace lets an honest client read the answer first.
+  const cut = setTimeout(() => socket.destroy(), REFUSAL_GRACE_MS).unref();
+  socket.once('close', () => clearTimeout(cut));
 }
 
 function send(response: ServerResponse, reply: Reply, close = false): void {
