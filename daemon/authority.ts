@@ -105,12 +105,11 @@ function callerFields(caller: Caller): Record<string, unknown> {
 function unverifiedIds(token: unknown): Record<string, string> {
   if (typeof token !== 'string') return {};
   const [header, payload] = token.split('.');
-  const read = (part: string | undefined) => {
+  const read = (part: string | undefined): Record<string, unknown> => {
     try {
-      return JSON.parse(Buffer.from(part ?? '', 'base64url').toString('utf8')) as Record<
-        string,
-        unknown
-      >;
+      const value: unknown = JSON.parse(Buffer.from(part ?? '', 'base64url').toString('utf8'));
+      // A forged part may be any JSON: null, a number, a list. Only an object has ids to read.
+      return value !== null && typeof value === 'object' ? (value as Record<string, unknown>) : {};
     } catch {
       return {};
     }
@@ -167,6 +166,8 @@ export class Authority {
   private readonly startedAt: number;
   /** The last token failure, cleared by the next good signature; it drives `degraded`. */
   private tokenFault: string | undefined;
+  /** The verifier's key updates, one after another: a slow one never undoes a later one. */
+  private keysUpdated: Promise<void> = Promise.resolve();
 
   private constructor(options: AuthorityOptions) {
     this.config = options.config;
@@ -238,8 +239,17 @@ export class Authority {
   }
 
   private async refreshKeys(): Promise<void> {
-    await this.verifier.setKeys(this.lifecycle.verificationKeys());
+    await this.updateVerifierKeys();
     await this.certify();
+  }
+
+  /** Gives the verifier the keys the lifecycle trusts at the moment the update runs. */
+  private updateVerifierKeys(): Promise<void> {
+    const update = this.keysUpdated.then(() =>
+      this.verifier.setKeys(this.lifecycle.verificationKeys()),
+    );
+    this.keysUpdated = update.catch(() => undefined);
+    return update;
   }
 
   /** Certificates for new keys; a CA failure is logged, and never stops signing or rotation. */
@@ -578,10 +588,18 @@ export class Authority {
   }
 
   async verify(request: VerifyRequest, caller?: Caller): Promise<VerifyResult> {
-    const result = await this.verifier.verify(
-      request.token,
-      request.aud === undefined ? {} : { audience: request.aud },
-    );
+    const expected = request.aud === undefined ? {} : { audience: request.aud };
+    let result = await this.verifier.verify(request.token, expected);
+    // A rotation makes the new key sign as soon as the lifecycle activates it, and the verifier
+    // learns it only after the key states are saved: a token minted in between names a kid the
+    // lifecycle trusts and the verifier does not know yet. Bring the verifier up to date.
+    if (!result.valid && result.error.code === 'ERR_TOKEN_KID_UNKNOWN') {
+      const kid = unverifiedIds(request.token)['kid'];
+      if (this.lifecycle.verificationKeys().some((jwk) => jwk.kid === kid)) {
+        await this.updateVerifierKeys();
+        result = await this.verifier.verify(request.token, expected);
+      }
+    }
     if (!result.valid) {
       this.record({
         event: 'verify.fail',

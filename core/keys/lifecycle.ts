@@ -68,6 +68,12 @@ export class KeyLifecycle {
   private tokenKeys = new Map<string, KeyInfo>();
   /** One change at a time: the timer, emergency actions and reloads queue here. */
   private queue: Promise<unknown> = Promise.resolve();
+  /**
+   * The active key as last written to the state. A key signs only once its activation is on
+   * disk: one that signed while active in memory alone would come back after a crash as
+   * next, and its acknowledged tokens would no longer verify.
+   */
+  private signingKid: string | undefined;
 
   constructor(
     private readonly store: KeyStore,
@@ -112,9 +118,11 @@ export class KeyLifecycle {
   /** Emergency rotation: the next key (or a new one) signs now; the active one retires. */
   rotateNow(): Promise<KeyRecord> {
     return this.serial(async () => {
+      // The replacement first: while it is generated the active key keeps signing, where
+      // retiring it first left mints with no key to sign (ERR_KEY_NOT_FOUND) for that time.
+      const next = this.find('next') ?? (await this.generate('next'));
       const active = this.active();
       if (active) this.retire(active);
-      const next = this.find('next') ?? (await this.generate('next'));
       this.activate(next, true);
       await this.save();
       return next;
@@ -141,8 +149,7 @@ export class KeyLifecycle {
 
   /** The key that signs. */
   signingKey(): KeyInfo {
-    const active = this.active();
-    const info = active && this.tokenKeys.get(active.kid);
+    const info = this.signingKid === undefined ? undefined : this.tokenKeys.get(this.signingKid);
     if (!info) throw new HsmintError('ERR_KEY_NOT_FOUND', 'no active key');
     return info;
   }
@@ -207,6 +214,7 @@ export class KeyLifecycle {
 
   private async save(): Promise<void> {
     await this.document.write(this.doc);
+    this.signingKid = this.active()?.kid;
   }
 
   private async reconcile(): Promise<void> {

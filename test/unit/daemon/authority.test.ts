@@ -263,6 +263,47 @@ describe('Authority', () => {
     });
   });
 
+  describe('rotateNow', () => {
+    it('keeps minting with the active key while the next one is generated', async () => {
+      let release!: () => void;
+      const generated = new Promise<void>((resolve) => (release = resolve));
+      const generate = store.generate.bind(store);
+      store.generate = async (...args) => {
+        await generated;
+        return generate(...args);
+      };
+      const before = authority.activeKey.kid;
+      const rotation = authority.rotateNow();
+      // The key is still being made: the old one signs, as if no rotation had begun.
+      const during = await mint({ aud: 'api' });
+      expect(during.kid).toBe(before);
+      release();
+      const active = await rotation;
+      expect(active.kid).not.toBe(before);
+      expect((await mint({ aud: 'api' })).kid).toBe(active.kid);
+    });
+
+    it('verifies a token of the new key minted before the rotation has returned', async () => {
+      const rotation = authority.rotateNow();
+      const minted: string[] = [];
+      let done = false;
+      void rotation.finally(() => (done = true));
+      // The rotation writes its state file: give its I/O a turn between mints, and bound the loop.
+      for (let i = 0; !done && i < 10_000; i++) {
+        minted.push((await mint({ aud: 'api' })).token);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      minted.push((await mint({ aud: 'api' })).token);
+      const kids = new Set(
+        minted.map(
+          (token) => JSON.parse(Buffer.from(token.split('.')[0]!, 'base64url').toString()).kid,
+        ),
+      );
+      expect(kids.has((await rotation).kid)).toBe(true);
+      for (const token of minted) expect((await authority.verify({ token })).valid).toBe(true);
+    });
+  });
+
   describe('grant', () => {
     it("returns the caller's grant with its templates filled in", () => {
       expect(authority.grant(CALLER, authority.policy)).toEqual({

@@ -196,6 +196,39 @@ describe('KeyLifecycle start-up reconciliation', () => {
     await lifecycle.tick();
     expect(lifecycle.signingKey().alg).toBe('EdDSA');
   });
+
+  it('keeps the active key signing through a rotation until the new one is on disk', async () => {
+    const clock = fakeClock();
+    const store = new MemoryKeyStore({ now: clock.now });
+    const document = new MemoryDocument<LifecycleDocument>();
+    const lifecycle = new KeyLifecycle(store, document, schedule, clock.seconds);
+    await lifecycle.open();
+    const before = lifecycle.signingKey().kid;
+    // A slow disk: each state write waits until the test lets it through. A crash at any of
+    // these moments brings back the state last written, where `before` is the active key.
+    const held: Array<() => void> = [];
+    const write = document.write.bind(document);
+    document.write = async (value) => {
+      await new Promise<void>((resolve) => held.push(resolve));
+      await write(value);
+    };
+    let done = false;
+    const rotated = lifecycle.rotateNow().finally(() => (done = true));
+    let writes = 0;
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      if (done) break;
+      expect(lifecycle.signingKey().kid, `with ${writes} writes done`).toBe(before);
+      const release = held.shift();
+      if (release) {
+        writes++;
+        release();
+      }
+    }
+    const after = await rotated;
+    expect(writes).toBe(3); // the intent, the new key, the activation
+    expect(lifecycle.signingKey().kid).toBe(after.kid);
+  });
 });
 
 describe('token revocation through the authority', () => {
