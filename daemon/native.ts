@@ -13,6 +13,11 @@ export interface NativeAddon {
   pidfdOpen(pid: number): number;
   /** Whether the process behind a pidfd has exited (poll(2) with no wait). */
   pidfdExited(fd: number): boolean;
+  /**
+   * SO_PEERPIDFD of a connected Unix socket: a pidfd for the very process that connected,
+   * never a later owner of its pid. Throws with code ENOPROTOOPT before Linux 6.5.
+   */
+  peerPidfd(fd: number): number;
 }
 
 let addon: NativeAddon | undefined;

@@ -60,6 +60,22 @@ function openPidfd(pid: number): number | undefined {
 }
 
 /**
+ * A pidfd for the process that connected. Since Linux 6.5 the kernel keeps one from the
+ * connect itself (SO_PEERPIDFD): it is `exact`, and `gone` when that process has exited. Before
+ * that, pidfd_open(pid) names whoever holds the pid by now, which may already be another
+ * process: the start-time readings around the /proc reads are then all there is.
+ */
+function peerPidfd(fd: number, pid: number): { pidfd?: number; exact: boolean } | 'gone' {
+  try {
+    return { pidfd: native().peerPidfd(fd), exact: true };
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOPROTOOPT') return 'gone';
+  }
+  const pidfd = openPidfd(pid);
+  return pidfd === undefined ? { exact: false } : { pidfd, exact: false };
+}
+
+/**
  * Identifies the process at the other end of a just-accepted connection, before any of its
  * bytes are read. The kernel's pid/uid/gid are facts; /proc is read between two readings of
  * the pid's start time, and its facts are kept only if the start time held still and the
@@ -83,7 +99,9 @@ export function identifyPeer(socket: Socket): Peer {
   if (pid <= 0) return untrusted;
 
   const before = parseStartTime(read(`/proc/${pid}/stat`) ?? '');
-  const pidfd = openPidfd(pid);
+  const handle = peerPidfd(fd, pid);
+  if (handle === 'gone') return untrusted;
+  const { pidfd } = handle;
   if (pidfd !== undefined) socket.once('close', () => closeSync(pidfd));
   const status = parseStatus(read(`/proc/${pid}/status`) ?? '');
   const cgroup = parseCgroupUnit(read(`/proc/${pid}/cgroup`) ?? '');
@@ -97,6 +115,8 @@ export function identifyPeer(socket: Socket): Peer {
   // The effective uid (second Uid field) must still be the one the kernel saw at connect.
   if (before === undefined || before !== after || !status || status.uids[1] !== uid)
     return untrusted;
+  // Alive after the reads, the process that connected held its pid all along: they were of it.
+  if (handle.exact && pidfd !== undefined && native().pidfdExited(pidfd)) return untrusted;
 
   const names = new Set<string>();
   for (const id of [gid, ...status.groups]) {

@@ -3,6 +3,7 @@
 //   sdNotify(path, text) -> sends one datagram to systemd's $NOTIFY_SOCKET
 //   pidfdOpen(pid)       -> a pidfd for the process (Linux >= 5.3), to learn when it exits
 //   pidfdExited(fd)      -> whether the process behind a pidfd has exited (a poll, no wait)
+//   peerPidfd(fd)        -> a pidfd for the very process that connected (SO_PEERPIDFD, Linux >= 6.5)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <node_api.h>
@@ -13,7 +14,12 @@
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <unistd.h>
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; older libc headers lack it */
+#endif
 
 static napi_value throw_errno(napi_env env, const char *call, int error) {
   char message[160];
@@ -127,12 +133,38 @@ static napi_value pidfd_exited(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value peer_pidfd(napi_env env, napi_callback_info info) {
+  int32_t fd = int32_argument(env, info, "peerPidfd(fd): fd must be a non-negative integer");
+  if (fd < 0) return NULL;
+  // Taken by the kernel at connect(): it names the process that connected, never a later
+  // owner of its pid. ENOPROTOOPT before Linux 6.5; an error too once that process is gone.
+  int pidfd = -1;
+  socklen_t length = sizeof pidfd;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &length) != 0) {
+    napi_value error, code, message;
+    char text[160];
+    int number = errno;
+    snprintf(text, sizeof text, "getsockopt(SO_PEERPIDFD) failed: %s", strerror(number));
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_create_string_utf8(env, number == ENOPROTOOPT ? "ENOPROTOOPT" : "ERR_NATIVE", NAPI_AUTO_LENGTH, &code);
+    napi_set_named_property(env, error, "code", code);
+    napi_throw(env, error);
+    return NULL;
+  }
+  fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+  napi_value result;
+  napi_create_int32(env, pidfd, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sdNotify", NULL, sd_notify, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pidfdOpen", NULL, pidfd_open, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pidfdExited", NULL, pidfd_exited, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"peerPidfd", NULL, peer_pidfd, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;
