@@ -19,7 +19,7 @@ import { DaemonMetrics } from './metrics.js';
 import { ApiServer } from './server.js';
 import { native } from './native.js';
 import { currentCaller, identifyPeer } from './peer.js';
-import { listenOnFd, listenOnPath } from './socket.js';
+import { listenOnFd, listenOnPath, refuseLiveSocket } from './socket.js';
 import { Notifier, Watchdog, takeListenFd, watchdogMs } from './systemd.js';
 import type { HealthResponse, ReloadResponse } from '../core/protocol.js';
 
@@ -109,7 +109,11 @@ async function openAudit(
     },
     segmentBytes: config.audit.segmentSize,
     allowBrokenChain,
-    report: (event) => logger.warn(event, String(event.event)),
+    // A routine seal is news only at info: at warn, journalctl -p warning filled with them.
+    report: (event) =>
+      event.event === 'audit.checkpoint'
+        ? logger.info(event, 'audit.checkpoint')
+        : logger.warn(event, String(event.event)),
     observeWrite: metrics.auditWrite,
   });
   return { log, keys: (await auditStore.list()).map((entry) => entry.publicJwk) };
@@ -204,6 +208,9 @@ async function start(
     }
   };
 
+  // A second daemon on the same path must fail before it opens the token and appends to the
+  // audit log: both belong to the daemon serving there, which writes the log at its own offsets.
+  if (listenFd === undefined) await refuseLiveSocket(config.socket.path);
   try {
     await bringUp(config);
   } catch (error) {

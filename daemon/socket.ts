@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, stat, unlink } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, realpath, stat, unlink } from 'node:fs/promises';
 import { connect } from 'node:net';
 import type { Server } from 'node:http';
 import { dirname } from 'node:path';
@@ -22,6 +22,52 @@ function somethingListens(path: string): Promise<boolean> {
       resolve(true); // something holds the socket but does not answer: do not steal it
     });
   });
+}
+
+/** `dir` and every folder above it, up to the root. */
+function withAncestors(dir: string): string[] {
+  const chain = [dir];
+  for (let up = dirname(dir); up !== chain.at(-1); up = dirname(up)) chain.push(up);
+  return chain;
+}
+
+/**
+ * Refuses a socket folder that anyone but root or the daemon's own user could change, here or
+ * above: whoever may rename or replace an entry on the way can put a socket of their own in
+ * the daemon's place, and callers would send it their tokens. A world-writable folder passes
+ * only when sticky (like /tmp, where nobody may move another's entry). The path as written and
+ * its resolved form are both checked, so a symlink neither hides an unsafe folder nor sits in
+ * one.
+ */
+async function refuseUnsafeFolders(dir: string): Promise<void> {
+  const self = process.geteuid?.() ?? 0;
+  const folders = new Set([...withAncestors(dir), ...withAncestors(await realpath(dir))]);
+  for (const folder of folders) {
+    const info = await stat(folder);
+    if ((info.mode & 0o002) !== 0 && (info.mode & 0o1000) === 0) {
+      throw new HsmintError(
+        'ERR_SOCKET_PATH_INVALID',
+        `${folder} is world-writable: anyone could replace the socket`,
+      );
+    }
+    if (info.uid !== 0 && info.uid !== self) {
+      throw new HsmintError(
+        'ERR_SOCKET_PATH_INVALID',
+        `${folder} belongs to uid ${info.uid}: that user could replace the socket`,
+      );
+    }
+  }
+}
+
+/**
+ * Refuses a socket path another process listens on, changing nothing. listenOnPath asks again
+ * when it binds; the daemon asks first too, before it opens the token and the audit log, which
+ * belong to the daemon serving there.
+ */
+export async function refuseLiveSocket(path: string): Promise<void> {
+  const existing = await lstat(path).catch(() => undefined);
+  if (existing?.isSocket() && (await somethingListens(path)))
+    throw new HsmintError('ERR_SOCKET_IN_USE', `another process listens on ${path}`);
 }
 
 function groupId(name: string): number {
@@ -53,19 +99,12 @@ export async function listenOnPath(
   }
   const parent = dirname(path);
   await mkdir(parent, { recursive: true, mode: 0o750 });
-  const parentInfo = await stat(parent);
-  if ((parentInfo.mode & 0o002) !== 0 && (parentInfo.mode & 0o1000) === 0) {
-    throw new HsmintError(
-      'ERR_SOCKET_PATH_INVALID',
-      `${parent} is world-writable: anyone could replace the socket`,
-    );
-  }
+  await refuseUnsafeFolders(parent);
   const existing = await lstat(path).catch(() => undefined);
   if (existing) {
     if (!existing.isSocket())
       throw new HsmintError('ERR_SOCKET_PATH_INVALID', `${path} exists and is not a socket`);
-    if (await somethingListens(path))
-      throw new HsmintError('ERR_SOCKET_IN_USE', `another process listens on ${path}`);
+    await refuseLiveSocket(path);
     await unlink(path);
   }
   const gid = group === undefined ? undefined : groupId(group);
