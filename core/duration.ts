@@ -14,7 +14,8 @@ export function parseDuration(text: string): number {
   if (typeof text !== 'string' || text.length > 32 || !DURATION.test(text)) {
     throw new HsmintError(
       'ERR_DURATION_INVALID',
-      `expected a duration like 90s, 5m, 12h or 30d, got ${JSON.stringify(String(text).slice(0, 32))}`,
+      // Not String(text): an object without a usable toString would throw a TypeError instead.
+      `expected a duration like 90s, 5m, 12h or 30d, got ${typeof text === 'string' ? JSON.stringify(text.slice(0, 32)) : `a value of type ${typeof text}`}`,
     );
   }
   let seconds = 0;

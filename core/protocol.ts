@@ -139,7 +139,8 @@ function text(value: unknown, field: string, max = MAX_STRING): string {
   if (typeof value !== 'string') throw bad('ERR_INVALID_REQUEST', `${field} must be a string`);
   if (value.length === 0 || value.length > max)
     throw bad('ERR_INVALID_REQUEST', `${field} must be 1 to ${max} characters`);
-  if (/[\u0000-\u001f\u007f\u2028\u2029]/.test(value) || !value.isWellFormed()) {
+  // \p{Cc} is C0, DEL and the C1 controls (U+0080-U+009F: NEL, CSI...), not C0 alone.
+  if (/[\p{Cc}\u2028\u2029]/u.test(value) || !value.isWellFormed()) {
     throw bad(
       'ERR_INVALID_REQUEST',
       `${field} must not hold control characters or lone surrogates`,

@@ -47,14 +47,20 @@ function invalid(uri: string, why: string): HsmintError {
   );
 }
 
-const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+/** ignoreBOM keeps a leading U+FEFF: stripping it would read `%EF%BB%BFx` as the label `x`. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** RFC 7512 values are percent-encoded bytes; a bare "%" or a bad escape is an error, not literal. */
 function decodeBytes(uri: string, value: string): Buffer {
+  // Buffer.from would write a lone surrogate as U+FFFD: a silent change, not a decoding.
+  if (!value.isWellFormed()) throw invalid(uri, 'a value is not UTF-8');
   const bytes: number[] = [];
   for (let i = 0; i < value.length; i++) {
     if (value[i] !== '%') {
-      bytes.push(...Buffer.from(value[i]!, 'utf8'));
+      // A whole code point: the halves of a surrogate pair apart would each become U+FFFD.
+      const char = String.fromCodePoint(value.codePointAt(i)!);
+      bytes.push(...Buffer.from(char, 'utf8'));
+      i += char.length - 1;
       continue;
     }
     const hex = value.slice(i + 1, i + 3);
@@ -79,8 +85,13 @@ const FIELD_BYTES: Record<string, number> = { token: 32, manufacturer: 32, model
 
 /** Parses an RFC 7512 PKCS#11 URI, refusing what hsmint must never accept. */
 export function parsePkcs11Uri(uri: string): Pkcs11Uri {
-  if (typeof uri !== 'string' || !uri.startsWith('pkcs11:'))
-    throw invalid(String(uri), 'missing "pkcs11:" scheme');
+  // Not String(uri) in the message: an object without a usable toString would throw a TypeError.
+  if (typeof uri !== 'string')
+    throw new HsmintError(
+      'ERR_PKCS11_URI_INVALID',
+      `a PKCS#11 URI is a string, got a value of type ${typeof uri}`,
+    );
+  if (!uri.startsWith('pkcs11:')) throw invalid(uri, 'missing "pkcs11:" scheme');
   if (uri.length > 2048) throw invalid(uri, 'too long');
   const body = uri.slice('pkcs11:'.length);
   const queryAt = body.indexOf('?');
