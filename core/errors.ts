@@ -183,6 +183,10 @@ export const ERROR_CODES = {
     status: null,
     meaning: '`softhsm init` found a token already in DIR.',
   },
+  ERR_DAEMON_RUNNING: {
+    status: null,
+    meaning: 'Another hsmintd holds this audit log (`audit.dir`).',
+  },
   ERR_DAEMON_UNREACHABLE: { status: null, meaning: 'The CLI or client cannot reach the socket.' },
   ERR_PROTOCOL: { status: null, meaning: 'The daemon answered something the client cannot read.' },
   ERR_USAGE: { status: null, meaning: 'The command line is wrong.' },

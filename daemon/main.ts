@@ -5,6 +5,7 @@ import { configPath, loadConfig, type Config } from '../core/config.js';
 import { HsmintError, hasCode } from '../core/errors.js';
 import { openKeyStore } from '../core/open.js';
 import { PIN_LOCKED, WRONG_PIN, type TokenEvent } from '../core/pkcs11/token.js';
+import { mkdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AuditLog } from '../core/audit/log.js';
@@ -17,7 +18,7 @@ import { createRoutes, untilTokenOpens } from './handlers.js';
 import { createLogger } from './logger.js';
 import { DaemonMetrics } from './metrics.js';
 import { ApiServer } from './server.js';
-import { native } from './native.js';
+import { native, type NativeAddon } from './native.js';
 import { currentCaller, identifyPeer } from './peer.js';
 import { listenOnFd, listenOnPath, refuseLiveSocket } from './socket.js';
 import { Notifier, Watchdog, takeListenFd, watchdogMs } from './systemd.js';
@@ -119,6 +120,24 @@ async function openAudit(
   return { log, keys: (await auditStore.list()).map((entry) => entry.publicJwk) };
 }
 
+/**
+ * One daemon per audit log, whatever else they share: a second one appends at offsets the first
+ * then overwrites. An exclusive flock on a file in the folder, held until the process ends
+ * (kill -9 included), before the token or the log is opened.
+ */
+function lockAuditDir(addon: NativeAddon, dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    addon.lockExclusive(join(dir, '.hsmintd.lock'));
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code === 'EWOULDBLOCK')
+      throw new HsmintError('ERR_DAEMON_RUNNING', `another hsmintd holds the audit log in ${dir}`);
+    throw new HsmintError('ERR_AUDIT_UNAVAILABLE', `cannot lock the audit log in ${dir}`, {
+      cause,
+    });
+  }
+}
+
 async function start(
   initialConfig: Config,
   logger: Logger,
@@ -211,6 +230,8 @@ async function start(
   // A second daemon on the same path must fail before it opens the token and appends to the
   // audit log: both belong to the daemon serving there, which writes the log at its own offsets.
   if (listenFd === undefined) await refuseLiveSocket(config.socket.path);
+  // Two at the same moment both pass that check: only one gets the log.
+  lockAuditDir(addon, config.audit.dir);
   try {
     await bringUp(config);
   } catch (error) {

@@ -18,6 +18,11 @@ export interface NativeAddon {
    * never a later owner of its pid. Throws with code ENOPROTOOPT before Linux 6.5.
    */
   peerPidfd(fd: number): number;
+  /**
+   * flock(LOCK_EX | LOCK_NB) on `path` (created 0600): the fd that holds it, kept for the
+   * process's life. Throws with code EWOULDBLOCK when another process holds it.
+   */
+  lockExclusive(path: string): number;
 }
 
 let addon: NativeAddon | undefined;

@@ -3,6 +3,7 @@
 //   sdNotify(path, text) -> sends one datagram to systemd's $NOTIFY_SOCKET
 //   pidfdOpen(pid)       -> a pidfd for the process (Linux >= 5.3), to learn when it exits
 //   pidfdExited(fd)      -> whether the process behind a pidfd has exited (a poll, no wait)
+//   lockExclusive(path)  -> an fd holding flock(LOCK_EX) on path (created 0600), or EWOULDBLOCK
 //   peerPidfd(fd)        -> a pidfd for the very process that connected (SO_PEERPIDFD, Linux >= 6.5)
 #define _GNU_SOURCE
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
@@ -158,6 +160,39 @@ static napi_value peer_pidfd(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value lock_exclusive(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  char path[4096];
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
+      napi_get_value_string_utf8(env, argv[0], path, sizeof path, &length) != napi_ok ||
+      length == 0 || length >= sizeof path - 1) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "lockExclusive(path): a path");
+    return NULL;
+  }
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return throw_errno(env, "open(lock file)", errno);
+  // Held until the process ends, however it ends: the kernel drops a flock with its last fd.
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int number = errno;
+    close(fd);
+    if (number == EWOULDBLOCK) {
+      napi_value error, code, message;
+      napi_create_string_utf8(env, "another process holds the lock", NAPI_AUTO_LENGTH, &message);
+      napi_create_error(env, NULL, message, &error);
+      napi_create_string_utf8(env, "EWOULDBLOCK", NAPI_AUTO_LENGTH, &code);
+      napi_set_named_property(env, error, "code", code);
+      napi_throw(env, error);
+      return NULL;
+    }
+    return throw_errno(env, "flock", number);
+  }
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"peerCredentials", NULL, peer_credentials, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -165,6 +200,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"pidfdOpen", NULL, pidfd_open, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pidfdExited", NULL, pidfd_exited, NULL, NULL, NULL, napi_enumerable, NULL},
       {"peerPidfd", NULL, peer_pidfd, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lockExclusive", NULL, lock_exclusive, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

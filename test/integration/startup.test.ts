@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process';
-import { chmod, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DAEMON, makeToken, startDaemon, type TestToken } from './support/harness.js';
+import { DAEMON, hsmint, makeToken, startDaemon, type TestToken } from './support/harness.js';
 
 /** Runs hsmintd expecting it to refuse to start; returns its exit code and JSON log lines. */
 async function failedStart(
@@ -50,6 +52,28 @@ describe('hsmintd start-up', () => {
     } finally {
       await first.stop();
     }
+  });
+
+  it('refuses a second daemon on the same audit log, even on another socket', async () => {
+    const keys = join(token.dir, 'audit-keys.json');
+    const first = await startDaemon(token);
+    try {
+      // Same token, state and audit log; only the socket differs, so the socket check passes.
+      const document = parse(await readFile(token.config, 'utf8')) as Record<string, any>;
+      document['socket']['path'] = join(token.dir, 'second.sock');
+      const other = join(token.dir, 'second.yaml');
+      await writeFile(other, stringify(document), { mode: 0o600 });
+      const second = await failedStart(other);
+      expect(second.code).toBe(1);
+      expect(startFailure(second.lines)?.['code']).toBe('ERR_DAEMON_RUNNING');
+      // It wrote nothing: the log still verifies once the first has stopped.
+      expect((await first.client.mint({ aud: 'api' })).token).toBeTruthy();
+      await writeFile(keys, JSON.stringify(await first.client.auditKeys()));
+    } finally {
+      await first.stop();
+    }
+    const verified = await hsmint(['audit', 'verify', '--config', token.config, '--keys', keys]);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
   });
 
   it('replaces a stale socket that nothing listens on', async () => {
