@@ -8,7 +8,7 @@
 //     about every second, by the daemon and offline (jose against GET /v1/jwks), until exp,
 //     and must be refused as expired once exp + clock skew has passed;
 //   - the daemon's memory (VmRSS) grows by less than 10% from the end of the warm-up (the first
-//     20% of the run, at least 20 s) to the end;
+//     20% of the run, at least 45 s) to the end (the median of the last 20% of the samples);
 //   - no secret leaks: the PIN and every token minted (all of them) appear nowhere in the
 //     daemon's log, its audit and state files, /proc/PID/cmdline or /proc/PID/environ.
 // It prints a summary and, with --out FILE, writes the same as JSON; it exits 1 when a check
@@ -67,7 +67,9 @@ const DEFAULT_TTLS = ['20s', '30s'];
 const AUDIENCE = 'soak';
 const ISSUER = 'urn:hsmint:soak';
 const RSS_SAMPLE_MS = 2000;
-const WARM_UP_S = Math.max(20, 0.2 * runSeconds);
+// V8 promotes what 64 clients keep in flight and collects it only at a full GC, so the old
+// generation climbs for the first minute or so before its sawtooth settles: warm-up covers it.
+const WARM_UP_S = Math.max(45, 0.2 * runSeconds);
 const MAX_RSS_GROWTH_PERCENT = 10;
 /** One mint in this many joins the sample that is re-verified until its exp. */
 const TRACK_ONE_IN = 20;
@@ -620,8 +622,11 @@ function summarise(report) {
   return `${lines.join('\n')}\n`;
 }
 
-/** RSS growth from the end of the warm-up to the end: the median of the last samples of the
- * warm-up (one sample can catch a GC), against the max of the last 20% of the run. */
+/**
+ * RSS growth from the end of the warm-up to the end: the median of the last samples of the
+ * warm-up against the median of the last 20% of the run. Medians, because the old generation
+ * is a sawtooth between full GCs: a leak moves the middle of it, one GC's timing only its top.
+ */
 function memoryFigures(loadStartedS) {
   const loadEndS = loadStartedS + runSeconds;
   const warmUpEndS = loadStartedS + WARM_UP_S;
@@ -633,7 +638,8 @@ function memoryFigures(loadStartedS) {
     .filter((sample) => sample.at_s >= loadEndS - Math.max(10, 0.2 * runSeconds))
     .map((sample) => sample.kb);
   const warmKb = warm[Math.floor(warm.length / 2)];
-  const endKb = last.length ? Math.max(...last) : undefined;
+  last.sort((a, b) => a - b);
+  const endKb = last.length ? last[Math.floor(last.length / 2)] : undefined;
   const growth =
     warmKb !== undefined && endKb !== undefined ? (100 * (endKb - warmKb)) / warmKb : undefined;
   return {
