@@ -273,6 +273,15 @@ export class HsmintError extends Error {
   }
 }
 
+/**
+ * Whether `error` may reach a client as it is: an HsmintError whose code is meant for the wire.
+ * Any other failure (an internal code with status 500, or no HsmintError at all) is a fault
+ * here, answered as ERR_INTERNAL.
+ */
+export function travels(error: unknown): error is HsmintError {
+  return error instanceof HsmintError && (error.status !== 500 || error.code === 'ERR_INTERNAL');
+}
+
 export function hasCode(error: unknown, code: ErrorCode): error is HsmintError {
   return error instanceof HsmintError && error.code === code;
 }

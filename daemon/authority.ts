@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../core/config.js';
-import { HsmintError, hasCode } from '../core/errors.js';
+import { HsmintError, hasCode, travels } from '../core/errors.js';
 import { prepareToken, signToken } from '../core/jwt/mint.js';
 import { TokenVerifier, type VerifyResult } from '../core/jwt/verify.js';
 import { join } from 'node:path';
@@ -524,9 +524,8 @@ export class Authority {
     return settled.map((outcome) => {
       if (outcome.status === 'fulfilled') return outcome.value;
       const error = outcome.reason as unknown;
-      // As the server does for a whole request: only codes meant for the wire travel.
-      if (error instanceof HsmintError && (error.status !== 500 || error.code === 'ERR_INTERNAL'))
-        return { error: error.toJSON() };
+      // As the server does for a whole request.
+      if (travels(error)) return { error: error.toJSON() };
       this.logger.error({ event: 'mint.internal_error', err: error }, 'a batch mint failed');
       return { error: { code: 'ERR_INTERNAL', message: 'internal error; see the daemon log' } };
     });

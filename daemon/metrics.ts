@@ -14,7 +14,7 @@ import {
   collectDefaultMetrics,
   type PrometheusContentType,
 } from 'prom-client';
-import { HsmintError, type ErrorCode } from '../core/errors.js';
+import { travels, type ErrorCode } from '../core/errors.js';
 import type { KeyRecord } from '../core/keys/lifecycle.js';
 import type { SessionUse } from '../core/keys/keystore.js';
 import type { HealthStatus } from '../core/protocol.js';
@@ -222,9 +222,7 @@ export class DaemonMetrics {
  * ERR_INTERNAL otherwise (the same rule the server applies), so a label matches the wire.
  */
 export function answeredCode(error: unknown): ErrorCode {
-  if (error instanceof HsmintError && (error.status !== 500 || error.code === 'ERR_INTERNAL'))
-    return error.code;
-  return 'ERR_INTERNAL';
+  return travels(error) ? error.code : 'ERR_INTERNAL';
 }
 
 /** Seconds since `started` (process.hrtime.bigint()). */

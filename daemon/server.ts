@@ -4,7 +4,7 @@ import type { Caller } from '../core/policy/caller.js';
 import type { Config } from '../core/config.js';
 import type { Peer } from './peer.js';
 import type { Logger } from 'pino';
-import { HsmintError, type ErrorCode } from '../core/errors.js';
+import { HsmintError, travels, type ErrorCode } from '../core/errors.js';
 import { MAX_BODY_BYTES, type ErrorBody } from '../core/protocol.js';
 import { secondsSince, type DaemonMetrics } from './metrics.js';
 
@@ -333,10 +333,7 @@ export class ApiServer {
   }
 
   private toHsmintError(error: unknown, path: string): HsmintError {
-    if (error instanceof HsmintError) {
-      // Only codes meant for the wire travel; anything else is an internal fault.
-      if (error.status !== 500 || error.code === 'ERR_INTERNAL') return error;
-    }
+    if (travels(error)) return error;
     this.logger.error(
       { event: 'http.internal_error', path: path.slice(0, 128), err: error },
       'request failed',
