@@ -27,9 +27,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import {
-  DAEMON,
+  failedStart,
   makeToken,
   startDaemon,
+  startFailure,
   useDaemon,
   type TestToken,
 } from '../integration/support/harness.js';
@@ -126,29 +127,6 @@ async function denials(
     .toBe(count);
   return found;
 }
-
-/** Runs hsmintd expecting it not to start: its exit code and its JSON log lines. */
-async function failedStart(
-  config: string,
-): Promise<{ code: number | null; lines: Array<Record<string, unknown>> }> {
-  const child = spawn(process.execPath, [DAEMON, '--config', config], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const bound = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(bound);
-  const lines = output
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
-  return { code, lines };
-}
-
-const startFailure = (lines: Array<Record<string, unknown>>) =>
-  lines.find((line) => line['event'] === 'daemon.start_failed');
 
 const exists = (path: string) =>
   stat(path).then(

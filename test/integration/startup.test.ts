@@ -3,30 +3,14 @@ import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DAEMON, hsmint, makeToken, startDaemon, type TestToken } from './support/harness.js';
-
-/** Runs hsmintd expecting it to refuse to start; returns its exit code and JSON log lines. */
-async function failedStart(
-  config: string,
-): Promise<{ code: number | null; lines: Array<Record<string, unknown>> }> {
-  const child = spawn(process.execPath, [DAEMON, '--config', config], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-  clearTimeout(timer);
-  const lines = output
-    .split('\n')
-    .filter((line) => line.startsWith('{'))
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
-  return { code, lines };
-}
-
-const startFailure = (lines: Array<Record<string, unknown>>) =>
-  lines.find((line) => line['event'] === 'daemon.start_failed');
+import {
+  failedStart,
+  hsmint,
+  makeToken,
+  startDaemon,
+  startFailure,
+  type TestToken,
+} from './support/harness.js';
 
 describe('hsmintd start-up', () => {
   let token: TestToken;

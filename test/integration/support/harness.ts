@@ -154,6 +154,30 @@ export async function startDaemon(
   };
 }
 
+/** Runs hsmintd expecting it not to start: its exit code and its JSON log lines. */
+export async function failedStart(
+  config: string,
+): Promise<{ code: number | null; lines: Array<Record<string, unknown>> }> {
+  const child = spawn(process.execPath, [DAEMON, '--config', config], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const bound = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  clearTimeout(bound);
+  const lines = output
+    .split('\n')
+    .filter((line) => line.startsWith('{'))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+  return { code, lines };
+}
+
+/** The `daemon.start_failed` line of a start that failed, with its code. */
+export const startFailure = (lines: Array<Record<string, unknown>>) =>
+  lines.find((line) => line['event'] === 'daemon.start_failed');
+
 /** Runs the built CLI; never throws on a non-zero exit. */
 export async function hsmint(
   args: string[],
