@@ -589,21 +589,23 @@ export class Authority {
   async verify(request: VerifyRequest, caller?: Caller): Promise<VerifyResult> {
     const expected = request.aud === undefined ? {} : { audience: request.aud };
     let result = await this.verifier.verify(request.token, expected);
-    // A rotation makes the new key sign as soon as the lifecycle activates it, and the verifier
-    // learns it only after the key states are saved: a token minted in between names a kid the
-    // lifecycle trusts and the verifier does not know yet. Bring the verifier up to date.
-    if (!result.valid && result.error.code === 'ERR_TOKEN_KID_UNKNOWN') {
-      const kid = unverifiedIds(request.token)['kid'];
-      if (this.lifecycle.verificationKeys().some((jwk) => jwk.kid === kid)) {
-        await this.updateVerifierKeys();
-        result = await this.verifier.verify(request.token, expected);
-      }
+    if (result.valid) return result;
+    const ids = unverifiedIds(request.token);
+    // The lifecycle lets a new key sign once its activation is on disk, and the verifier learns
+    // it when the rotation returns: a token minted in between names a kid the lifecycle trusts
+    // and the verifier does not know yet. Bring the verifier up to date, and ask once more.
+    if (
+      result.error.code === 'ERR_TOKEN_KID_UNKNOWN' &&
+      this.lifecycle.verificationKeys().some((jwk) => jwk.kid === ids['kid'])
+    ) {
+      await this.updateVerifierKeys();
+      result = await this.verifier.verify(request.token, expected);
     }
     if (!result.valid) {
       this.record({
         event: 'verify.fail',
         code: result.error.code,
-        ...unverifiedIds(request.token),
+        ...ids,
         ...(caller ? callerFields(caller) : {}),
       });
     }
