@@ -13,7 +13,7 @@
 //   verify   POST /v1/tokens/verify over the socket at concurrency 16, and jose in-process
 //            (the ceiling of any verifier written in Node)
 // It prints a table and the ratios and, with --out FILE, writes the same as JSON.
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
@@ -25,6 +25,7 @@ import { Pool } from 'undici';
 import { quantiles, runLoad } from './bench/load.mjs';
 import { measurePeer } from './bench/peer.mjs';
 import { measureRaw } from './bench/raw.mjs';
+import { rssKb, softhsmInit, stopProcess } from './support/daemon.mjs';
 
 const root = join(import.meta.dirname, '..');
 const { values } = parseArgs({
@@ -45,22 +46,7 @@ const otherAlgorithms = quick ? [] : ['EdDSA', 'PS256', 'ES384'];
 /** A fresh token and config from `hsmint softhsm init`, with room for 64 callers of one uid. */
 function makeToken(name, alg) {
   const dir = mkdtempSync(join(tmpdir(), `hsmint-bench-${name}-`));
-  execFileSync(
-    process.execPath,
-    [
-      join(root, 'dist/cli/main.js'),
-      'softhsm',
-      'init',
-      '--dir',
-      dir,
-      '--alg',
-      alg,
-      '--audience',
-      'api',
-    ],
-    { stdio: 'pipe' },
-  );
-  const config = join(dir, 'hsmint.yaml');
+  const { config } = softhsmInit(dir, ['--alg', alg, '--audience', 'api']);
   const text = readFileSync(config, 'utf8');
   const limits = '  max_connections_per_uid: 256\n  max_requests_per_uid: 256\n';
   if (!text.includes('  mode: "0600"\n')) throw new Error('unexpected config from softhsm init');
@@ -98,19 +84,11 @@ async function startServer(name, token, args) {
   throw new Error(`${name} did not become healthy within 15 s`);
 }
 
-async function stopServer(child) {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGTERM');
-  await Promise.race([exited, sleep(10_000).then(() => child.kill('SIGKILL'))]);
-}
-
 /** CPU seconds (user + system, all threads) and resident memory of a process, from /proc. */
 function usage(pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
-  const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
-  return { cpu_s: ticks / 100, rss_mb: rss / 1024 };
+  return { cpu_s: ticks / 100, rss_mb: rssKb(pid) / 1024 };
 }
 
 const mintRequest = () => ({ method: 'POST', path: '/v1/tokens', body: '{"aud":"api"}' });
@@ -283,7 +261,7 @@ async function benchAlgorithm(alg, duration, concurrencies) {
     const rss = usage(servers.on.pid).rss_mb;
     return { raw, peer, mint, verify, jose, rss };
   } finally {
-    for (const server of Object.values(servers)) await stopServer(server);
+    for (const server of Object.values(servers)) await stopProcess(server);
     for (const token of Object.values(tokens)) rmSync(token.dir, { recursive: true, force: true });
   }
 }

@@ -13,7 +13,7 @@
 // flight. Options: --kills N (default 50), --out FILE (the summary as JSON), --keep (keep the
 // temp folder: token, state, audit log, daemon log), --seed N (the schedule of kills). Prints
 // a summary and exits 1 when any check fails, keeping the folder to look at.
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ import { Pool } from 'undici';
 import { parse, stringify } from 'yaml';
 import { loadConfig } from '../dist/core/config.js';
 import { openKeyStore } from '../dist/core/open.js';
+import { softhsmInit, stopProcess } from './support/daemon.mjs';
 
 const root = join(import.meta.dirname, '..');
 const cli = join(root, 'dist/cli/main.js');
@@ -85,13 +86,7 @@ const hsmint = (args) =>
  * segments and frequent checkpoints, so that kills also land in segment changes and seals.
  */
 function makeToken() {
-  const summary = JSON.parse(
-    execFileSync(
-      process.execPath,
-      [cli, 'softhsm', 'init', '--dir', dir, '--alg', 'ES256', '--audience', 'api', '--json'],
-      { encoding: 'utf8' },
-    ),
-  );
+  const summary = softhsmInit(dir, ['--alg', 'ES256', '--audience', 'api']);
   const document = parse(readFileSync(summary.config, 'utf8'));
   document.tokens = {
     ...document.tokens,
@@ -173,10 +168,7 @@ async function startDaemon(token, logFd) {
 
 async function stopDaemon(daemon) {
   await daemon.admin.close();
-  daemon.child.kill('SIGTERM');
-  const stuck = setTimeout(() => daemon.child.kill('SIGKILL'), 20_000);
-  await daemon.exited;
-  clearTimeout(stuck);
+  await stopProcess(daemon.child, 20_000);
 }
 
 /**

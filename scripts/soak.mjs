@@ -13,7 +13,7 @@
 //     daemon's log, its audit and state files, /proc/PID/cmdline or /proc/PID/environ.
 // It prints a summary and, with --out FILE, writes the same as JSON; it exits 1 when a check
 // fails. --keep leaves the temp folder (token, config, log, audit) for inspection.
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import {
   createReadStream,
@@ -33,6 +33,7 @@ import { parseArgs } from 'node:util';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { Pool } from 'undici';
 import { parse, stringify } from 'yaml';
+import { rssKb, softhsmInit, stopProcess } from './support/daemon.mjs';
 
 const root = join(import.meta.dirname, '..');
 const { values } = parseArgs({
@@ -91,24 +92,7 @@ const nowS = () => Date.now() / 1000;
 /** A fresh token and config from `hsmint softhsm init`, shaped for the soak. */
 function makeToken() {
   const dir = mkdtempSync(join(tmpdir(), 'hsmint-soak-'));
-  const summary = JSON.parse(
-    execFileSync(
-      process.execPath,
-      [
-        join(root, 'dist/cli/main.js'),
-        'softhsm',
-        'init',
-        '--dir',
-        dir,
-        '--issuer',
-        ISSUER,
-        '--audience',
-        AUDIENCE,
-        '--json',
-      ],
-      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
-    ),
-  );
+  const summary = softhsmInit(dir, ['--issuer', ISSUER, '--audience', AUDIENCE]);
   const document = parse(readFileSync(summary.config, 'utf8'));
   // 64 load clients, the checker and the control calls all come from this one uid.
   document.socket.max_connections_per_uid = 256;
@@ -175,21 +159,6 @@ async function startDaemon(token) {
   }
   child.kill('SIGKILL');
   throw new Error('hsmintd did not become healthy within 15 s');
-}
-
-async function stopDaemon({ child, exited }) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  const stopped = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
-  if (!stopped) {
-    child.kill('SIGKILL');
-    await exited;
-  }
-}
-
-function rssKb(pid) {
-  const match = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return match ? Number(match[1]) : undefined;
 }
 
 // ---- what the run records
@@ -749,7 +718,7 @@ async function main() {
     };
     if (daemonAlive) await secretsCheck(token, pid, 'process', secrets);
     // The files once the daemon has stopped: its last log lines and audit records included.
-    await stopDaemon(daemon);
+    await stopProcess(daemon.child);
     await secretsCheck(token, pid, 'files', secrets);
     delete secrets.pin;
     secrets.hits_total = secrets.hits.pin + secrets.hits.token + secrets.hits.token_pattern;
@@ -813,7 +782,7 @@ async function main() {
     if (values.out) await writeFile(values.out, `${JSON.stringify(report, null, 2)}\n`);
     process.exitCode = report.passed ? 0 : 1;
   } finally {
-    if (daemon) await stopDaemon(daemon);
+    if (daemon) await stopProcess(daemon.child);
     if (values.keep) process.stdout.write(`kept ${token.dir}\n`);
     else rmSync(token.dir, { recursive: true, force: true });
   }
